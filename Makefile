@@ -1,0 +1,39 @@
+# blip2-triton: `make help` lists the targets.
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+MODEL ?=
+WORK ?= .work
+REPO ?= $(WORK)/model_repository
+GRPC_PORT ?= 8001
+HTTP_PORT ?= 8000
+METRICS_PORT ?= 8002
+DTYPE ?= fp32
+
+.DEFAULT_GOAL := help
+.PHONY: help setup demo test lint export serve bench clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-8s %s\n", $$1, $$2}'
+
+setup: ## create .venv with everything pinned (tritonserver included); fast when nothing changed
+	@bash scripts/setup.sh
+
+demo: setup ## end to end: build (or take MODEL=<hub id|folder>), export, serve, caption and ask, stop
+	@$(BIN)/python -m blip2_triton.demo $(if $(MODEL),--model "$(MODEL)") --work-dir "$(WORK)/demo"
+
+test: setup ## run the test suite against a real tritonserver
+	@$(BIN)/python -m pytest -q
+
+lint: setup ## ruff check + format check
+	@$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+export: setup ## export MODEL=<hub id|folder> to REPO (default .work/model_repository)
+	@test -n "$(MODEL)" || { echo "make export: pass MODEL=<hub id or local folder>" >&2; exit 2; }
+	@$(BIN)/blip2-triton export --model "$(MODEL)" --output "$(REPO)" --dtype $(DTYPE)
+
+serve: setup ## serve REPO (default .work/model_repository) in the foreground
+	@$(BIN)/blip2-triton serve --model-repository "$(REPO)" --grpc-port $(GRPC_PORT) --http-port $(HTTP_PORT) --metrics-port $(METRICS_PORT)
+
+clean: ## remove build outputs (keeps .venv)
+	rm -rf $(WORK) build *.egg-info

@@ -1,0 +1,1 @@
+"""Python client SDK for a blip2-triton server."""

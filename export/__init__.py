@@ -1,0 +1,1 @@
+"""Turn a BLIP-2 checkpoint into a self-contained Triton model repository."""

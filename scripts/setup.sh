@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Creates .venv with every pinned dependency (the real tritonserver included) and the system
+# libraries perf_analyzer needs. Idempotent: a stamp of the lock files skips work when nothing changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3.11}
+VENV=.venv
+STAMP=$VENV/.setup-stamp
+want=$(cat requirements.lock requirements-dev.lock pyproject.toml | sha256sum | cut -d' ' -f1)
+
+if ! ldconfig -p 2>/dev/null | grep -q 'libb64.so.0d'; then
+  echo "setup: installing libb64-0d (needed by perf_analyzer)"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq >/dev/null && $SUDO apt-get install -y -qq libb64-0d >/dev/null \
+    || echo "setup: warning: could not install libb64-0d; perf_analyzer will not run (the server is unaffected)"
+fi
+
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -x $VENV/bin/blip2-triton ]; then
+  echo "setup: .venv is up to date"
+  exit 0
+fi
+[ -x $VENV/bin/python ] || $PYTHON -m venv $VENV
+$VENV/bin/python -m pip install -q --upgrade pip setuptools wheel 2>&1 | grep -v "^WARNING: Location" || true
+echo "setup: installing pinned dependencies (torch, transformers, onnxruntime, tritonserver, tritonclient)"
+$VENV/bin/python -m pip install -q -r requirements.lock -r requirements-dev.lock 2>&1 | grep -v "^WARNING: Location" || true
+$VENV/bin/python -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v "^WARNING: Location" || true
+$VENV/bin/python -c "import torch, transformers, onnxruntime, tritonclient.grpc, pytriton, blip2_triton" \
+  || { echo "setup: the environment is incomplete (see pip output above)" >&2; exit 1; }
+echo "$want" > "$STAMP"
+echo "setup: done"
