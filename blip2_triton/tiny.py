@@ -1,0 +1,220 @@
+"""Build small BLIP-2 checkpoints locally: random weights, a locally trained tokenizer.
+
+For tests and demos on machines without a model hub. The weights are random, so the text they
+produce is meaningless; what matters is that every code path (``save_pretrained`` /
+``from_pretrained``, processor, generation config) is exactly that of a downloaded checkpoint.
+Logits are scaled up so that greedy top-1 choices have clear margins and exact comparisons mean
+something.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+CORPUS_WORDS = (
+    "a an the photo picture image of with and on in at near under over two three many small large red "
+    "green blue yellow white black dog cat bird horse car bus tree house street beach sky water field "
+    "man woman child people sitting standing running eating playing holding table plate food pizza "
+    "question answer what is this color how where who there are it shows looks like sunny day night"
+).split()
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    """Sizes of a tiny checkpoint."""
+
+    family: str = "opt"
+    image_size: int = 64
+    patch_size: int = 8
+    num_query_tokens: int = 8
+    vocab_target: int = 400
+    llm_hidden: int = 64
+    llm_layers: int = 2
+    logit_scale: float = 30.0
+    image_influence: float = 4.0
+    seed: int = 0
+
+
+def _corpus(seed: int) -> list[str]:
+    import random
+
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(CORPUS_WORDS) for _ in range(rng.randint(4, 16))) for _ in range(2000)]
+
+
+PRINTABLE = list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,:;!?'\"-()/&")
+
+
+def build_opt_tokenizer(spec: TinySpec):
+    """A BPE tokenizer with OPT's special tokens (``</s>`` as BOS and EOS), trained in a second.
+
+    Metaspace pre-tokenisation over a printable alphabet keeps generated text readable; characters
+    outside it map to ``<unk>``.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    special = ["<s>", "<pad>", "</s>", "<unk>"]  # OPT ids: pad=1, bos=eos=2
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.BpeTrainer(
+        vocab_size=spec.vocab_target,
+        special_tokens=special,
+        initial_alphabet=PRINTABLE,
+        show_progress=False,
+    )
+    tok.train_from_iterator(_corpus(spec.seed), trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="</s> $A", pair="</s> $A </s> $B", special_tokens=[("</s>", tok.token_to_id("</s>"))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="</s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        padding_side="left",
+    )
+
+
+def _vision_qformer_configs(spec: TinySpec):
+    from transformers import Blip2QFormerConfig, Blip2VisionConfig
+
+    vision = Blip2VisionConfig(
+        hidden_size=48,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=spec.image_size,
+        patch_size=spec.patch_size,
+        initializer_range=0.02,  # the config's default (1e-10) leaves the vision tower all zeros
+    )
+    qformer = Blip2QFormerConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        encoder_hidden_size=48,
+        cross_attention_frequency=1,
+        vocab_size=128,
+        max_position_embeddings=64,
+    )
+    return vision, qformer
+
+
+def build_tiny_opt(output_dir: str | Path, spec: TinySpec | None = None) -> Path:
+    """Write a tiny ``Blip2ForConditionalGeneration`` (OPT) checkpoint and its processor."""
+    import torch
+    from transformers import (
+        Blip2Config,
+        Blip2ForConditionalGeneration,
+        Blip2Processor,
+        BlipImageProcessor,
+        OPTConfig,
+    )
+
+    spec = spec or TinySpec()
+    output_dir = Path(output_dir)
+    tokenizer = build_opt_tokenizer(spec)
+    processor = Blip2Processor(
+        image_processor=BlipImageProcessor(size={"height": spec.image_size, "width": spec.image_size}),
+        tokenizer=tokenizer,
+        num_query_tokens=spec.num_query_tokens,
+    )
+    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+    vision, qformer = _vision_qformer_configs(spec)
+    text = OPTConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.llm_hidden,
+        num_hidden_layers=spec.llm_layers,
+        ffn_dim=spec.llm_hidden * 2,
+        num_attention_heads=4,
+        max_position_embeddings=256,
+        word_embed_proj_dim=spec.llm_hidden,
+        pad_token_id=1,
+        bos_token_id=2,
+        eos_token_id=2,
+        tie_word_embeddings=False,
+    )
+    config = Blip2Config(
+        vision_config=vision.to_dict(),
+        qformer_config=qformer.to_dict(),
+        text_config=text.to_dict(),
+        num_query_tokens=spec.num_query_tokens,
+        image_token_index=image_token_id,
+    )
+    torch.manual_seed(spec.seed)
+    model = Blip2ForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        # A larger output projection spreads the logits, so top-1 margins are clear.
+        model.language_model.get_output_embeddings().weight.mul_(spec.logit_scale)
+        model.query_tokens.normal_(0.0, 1.0)
+        # Random init leaves the image almost without influence on the text; stronger vision and
+        # cross-attention weights make different images give different captions.
+        for name, param in model.named_parameters():
+            if param.dim() >= 2 and (name.startswith("vision_model.") or "crossattention" in name):
+                param.mul_(spec.image_influence)
+        model.language_projection.weight.mul_(spec.image_influence)
+        _pick_stop_token(model, processor, spec)
+    model.save_pretrained(output_dir)
+    processor.save_pretrained(output_dir)
+    return output_dir
+
+
+def _pick_stop_token(model, processor, spec: TinySpec) -> None:
+    """Make a token the model emits mid-sentence its end-of-sequence token, as real checkpoints do.
+
+    Salesforce's OPT checkpoints stop on a newline (``text_config.eos_token_id``); a random model
+    would otherwise never stop early, leaving the end-of-sequence handling untested.
+    """
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    rng = np.random.default_rng(spec.seed)
+    images = [Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)) for _ in range(6)]
+    inputs = processor(images=images, return_tensors="pt")
+    with torch.no_grad():
+        sequences = model.generate(**inputs, max_new_tokens=24, do_sample=False)[:, spec.num_query_tokens + 1 :]
+    first_seen: dict[int, list[int]] = {}
+    for row in sequences.tolist():
+        for position, token in enumerate(row):
+            if token > 3 and position >= 3:
+                first_seen.setdefault(token, [])
+                if len(first_seen[token]) < sequences.shape[0] and position not in first_seen[token]:
+                    first_seen[token].append(position)
+    candidates = [t for t, seen in first_seen.items() if 2 <= len(seen) <= 4]
+    if not candidates:
+        return
+    stop = min(candidates, key=lambda t: (abs(min(first_seen[t]) - 8), t))
+    model.config.text_config.eos_token_id = stop
+    model.language_model.config.eos_token_id = stop
+    model.language_model.generation_config.eos_token_id = stop
+
+
+BUILDERS = {"opt": build_tiny_opt}
+
+
+def build_tiny_checkpoint(output_dir: str | Path, family: str = "opt", **overrides) -> Path:
+    """Build a tiny checkpoint of a family ("opt", ...) into ``output_dir``."""
+    if family not in BUILDERS:
+        raise ValueError(f"unknown tiny checkpoint family {family!r}; choose from {sorted(BUILDERS)}")
+    return BUILDERS[family](output_dir, TinySpec(family=family, **overrides))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("output")
+    parser.add_argument("--family", default="opt", choices=sorted(BUILDERS))
+    parser.add_argument("--image-size", type=int, default=64)
+    args = parser.parse_args(argv)
+    path = build_tiny_checkpoint(args.output, args.family, image_size=args.image_size)
+    print(f"tiny {args.family} checkpoint (random weights) written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
