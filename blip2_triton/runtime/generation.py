@@ -1,0 +1,153 @@
+"""Per-request generation settings: parsing, validation, and the transformers keyword arguments."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .contract import DEFAULT_MAX_TOKENS, MAX_BEAM_WIDTH, MAX_PROMPT_CHARS, MAX_TOKENS_CAP
+from .errors import InvalidRequestError
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """What one request asks of generation; ``None`` means the checkpoint's own default."""
+
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    min_tokens: int | None = None
+    beam_width: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    repetition_penalty: float | None = None
+    length_penalty: float | None = None
+    no_repeat_ngram_size: int | None = None
+    random_seed: int | None = None
+
+    @property
+    def sampling(self) -> bool:
+        return self.temperature is not None and self.temperature > 0
+
+    def batch_key(self) -> tuple:
+        """Requests with equal keys can share one ``generate`` call and get what they would alone.
+
+        A seeded sampling request runs alone, so its text depends on its seed only.
+        """
+        values = asdict(self)
+        if not (self.sampling and self.random_seed is not None):
+            values["random_seed"] = None
+        return tuple(sorted(values.items()))
+
+    def to_generate_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``transformers`` ``generate`` (unset values are left out)."""
+        kwargs: dict[str, Any] = {"max_new_tokens": self.max_tokens}
+        optional = {
+            "min_new_tokens": self.min_tokens,
+            "num_beams": self.beam_width,
+            "repetition_penalty": self.repetition_penalty,
+            "length_penalty": self.length_penalty,
+            "no_repeat_ngram_size": self.no_repeat_ngram_size,
+        }
+        kwargs.update({key: value for key, value in optional.items() if value is not None})
+        if self.sampling:
+            kwargs["do_sample"] = True
+            kwargs["temperature"] = self.temperature
+            if self.top_p is not None:
+                kwargs["top_p"] = self.top_p
+            if self.top_k is not None:
+                kwargs["top_k"] = self.top_k
+        elif self.temperature is not None:
+            kwargs["do_sample"] = False
+        return kwargs
+
+
+def _scalar(name: str, value: Any) -> Any:
+    try:
+        if hasattr(value, "reshape"):
+            flat = value.reshape(-1)
+            if flat.size != 1:
+                raise InvalidRequestError(f"'{name}' must hold exactly one value, got {flat.size}")
+            value = flat[0]
+        return value.item() if hasattr(value, "item") else value
+    except InvalidRequestError:
+        raise
+    except Exception as exc:  # pragma: no cover - numpy always has item()
+        raise InvalidRequestError(f"'{name}' could not be read: {exc}") from exc
+
+
+def _int(name: str, value: Any, low: int, high: int | None = None) -> int:
+    value = int(_scalar(name, value))
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise InvalidRequestError(f"'{name}' must be {bound}, got {value}")
+    return value
+
+
+def _float(name: str, value: Any, *, low: float | None = None, low_open: bool = False, high=None) -> float:
+    value = float(_scalar(name, value))
+    if not math.isfinite(value):
+        raise InvalidRequestError(f"'{name}' must be a finite number, got {value}")
+    too_low = low is not None and (value <= low if low_open else value < low)
+    if too_low or (high is not None and value > high):
+        relation = ">" if low_open else ">="
+        bound = f"{relation} {low}" + (f" and <= {high}" if high is not None else "")
+        raise InvalidRequestError(f"'{name}' must be {bound}, got {value}")
+    return value
+
+
+def parse_settings(raw: Mapping[str, Any]) -> GenerationSettings:
+    """Validate the optional generation inputs of one request (absent entries are ``None``)."""
+
+    def get(name: str) -> Any:
+        return raw.get(name)
+
+    max_tokens = DEFAULT_MAX_TOKENS
+    if get("max_tokens") is not None:
+        max_tokens = _int("max_tokens", get("max_tokens"), 1, MAX_TOKENS_CAP)
+    min_tokens = None
+    if get("min_tokens") is not None:
+        min_tokens = _int("min_tokens", get("min_tokens"), 0, max_tokens)
+    beam_width = None
+    if get("beam_width") is not None:
+        beam_width = _int("beam_width", get("beam_width"), 1, MAX_BEAM_WIDTH)
+    temperature = None if get("temperature") is None else _float("temperature", get("temperature"), low=0.0)
+    top_p = None if get("top_p") is None else _float("top_p", get("top_p"), low=0.0, low_open=True, high=1.0)
+    top_k = None if get("top_k") is None else _int("top_k", get("top_k"), 0)
+    repetition_penalty = None
+    if get("repetition_penalty") is not None:
+        repetition_penalty = _float("repetition_penalty", get("repetition_penalty"), low=0.0, low_open=True)
+    length_penalty = None if get("length_penalty") is None else _float("length_penalty", get("length_penalty"))
+    no_repeat = None
+    if get("no_repeat_ngram_size") is not None:
+        no_repeat = _int("no_repeat_ngram_size", get("no_repeat_ngram_size"), 0)
+    seed = None if get("random_seed") is None else int(_scalar("random_seed", get("random_seed")))
+    return GenerationSettings(
+        max_tokens=max_tokens,
+        min_tokens=min_tokens,
+        beam_width=beam_width,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        repetition_penalty=repetition_penalty,
+        length_penalty=length_penalty,
+        no_repeat_ngram_size=no_repeat,
+        random_seed=seed,
+    )
+
+
+def parse_prompt(raw: Any) -> str:
+    """The prompt of a request: bytes or str, possibly absent (empty means a plain caption)."""
+    if raw is None:
+        return ""
+    value = _scalar("text_input", raw)
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidRequestError(f"'text_input' is not valid UTF-8 ({exc.reason})") from exc
+    value = str(value)
+    if len(value) > MAX_PROMPT_CHARS:
+        raise InvalidRequestError(f"'text_input' is {len(value)} characters; the limit is {MAX_PROMPT_CHARS}")
+    return value if value.strip() else ""

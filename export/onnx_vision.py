@@ -1,0 +1,86 @@
+"""Vision encoder + Q-Former + language projection as one ONNX graph, checked against PyTorch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ExportError
+
+OPSET = 17
+TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 5e-2}
+
+
+def _vision_to_query_module(model: Any):
+    """A module doing what ``Blip2ForConditionalGeneration.generate`` does before the LLM."""
+    import torch
+
+    class VisionToQuery(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.vision_model = model.vision_model
+            self.qformer = model.qformer
+            self.query_tokens = model.query_tokens
+            self.language_projection = model.language_projection
+            self.dtype_ = model.vision_model.embeddings.patch_embedding.weight.dtype
+
+        def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+            image_embeds = self.vision_model(pixel_values.to(self.dtype_), return_dict=True).last_hidden_state
+            image_attention_mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long)
+            query_tokens = self.query_tokens.expand(image_embeds.shape[0], -1, -1)
+            query_output = self.qformer(
+                query_embeds=query_tokens,
+                encoder_hidden_states=image_embeds,
+                encoder_attention_mask=image_attention_mask,
+                return_dict=True,
+            ).last_hidden_state
+            if query_output.dtype != image_embeds.dtype:
+                query_output = query_output.to(image_embeds.dtype)
+            return self.language_projection(query_output).float()
+
+    return VisionToQuery().eval()
+
+
+def export_vision_onnx(model: Any, image_size: tuple[int, int], path: Path) -> None:
+    """Write the ONNX graph with a dynamic batch axis and the contract's tensor names."""
+    import torch
+
+    module = _vision_to_query_module(model)
+    dummy = torch.randn(2, 3, *image_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        torch.onnx.export(
+            module,
+            (dummy,),
+            str(path),
+            input_names=["pixel_values"],
+            output_names=["query_embeds"],
+            dynamic_axes={"pixel_values": {0: "batch"}, "query_embeds": {0: "batch"}},
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    import onnx
+
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def verify_vision_onnx(model: Any, image_size: tuple[int, int], path: Path, dtype: str) -> float:
+    """Max abs difference between onnxruntime and PyTorch on fresh random inputs (batch 3)."""
+    import onnxruntime as ort
+    import torch
+
+    module = _vision_to_query_module(model)
+    generator = torch.Generator().manual_seed(1234)
+    pixel_values = torch.randn(3, 3, *image_size, generator=generator)
+    with torch.no_grad():
+        expected = module(pixel_values).numpy()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (actual,) = session.run(["query_embeds"], {"pixel_values": pixel_values.numpy()})
+    if actual.shape != expected.shape:
+        raise ExportError(f"ONNX output shape {actual.shape} differs from PyTorch {expected.shape}")
+    diff = float(np.max(np.abs(actual.astype(np.float64) - expected.astype(np.float64))))
+    if not diff <= TOLERANCE[dtype]:
+        raise ExportError(f"ONNX vision graph differs from PyTorch by {diff:.3g} (tolerance {TOLERANCE[dtype]})")
+    return diff

@@ -1,0 +1,84 @@
+"""Session fixtures: tiny checkpoints built here, exported, served by a real tritonserver."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from blip2_triton.server import TritonServer, free_ports
+
+from .reference import GenerationReference
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "samples"
+SAMPLE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+
+
+@dataclass
+class ServedModel:
+    """A live server for an exported repository, and the transformers reference for it."""
+
+    server: TritonServer
+    repository: Path
+    reference_model: GenerationReference
+
+    @property
+    def grpc_url(self) -> str:
+        return self.server.grpc_url
+
+    @property
+    def http_url(self) -> str:
+        return self.server.http_url
+
+    def reference(self, image: bytes, prompt: str | None = None, **generation) -> str:
+        return self.reference_model.generate(image, prompt, **generation)
+
+
+def start_server(repository: Path, log_file: Path) -> TritonServer:
+    grpc, http, metrics = free_ports(3)
+    server = TritonServer(repository, grpc_port=grpc, http_port=http, metrics_port=metrics, log_file=log_file)
+    server.start()
+    return server
+
+
+@pytest.fixture(scope="session")
+def sample_images() -> list[Path]:
+    return sorted(p for p in SAMPLES.iterdir() if p.suffix.lower() in SAMPLE_SUFFIXES)
+
+
+@pytest.fixture(scope="session")
+def opt_build(tmp_path_factory) -> dict[str, Path]:
+    """A tiny OPT checkpoint, its export, and the export moved elsewhere with the checkpoint deleted.
+
+    Every served test then also proves the repository is relocatable and self-contained.
+    """
+    from blip2_triton.export.repository import ExportOptions, export_repository
+    from blip2_triton.tiny import build_tiny_checkpoint
+
+    base = tmp_path_factory.mktemp("opt")
+    checkpoint = build_tiny_checkpoint(base / "checkpoint", "opt", image_size=64)
+    reference_copy = shutil.copytree(checkpoint, base / "reference_checkpoint")
+    exported = base / "exported"
+    export_repository(str(checkpoint), exported, ExportOptions(max_batch_size=8), quiet=True)
+    moved = base / "moved" / "repository"
+    moved.parent.mkdir()
+    shutil.move(exported, moved)
+    shutil.rmtree(checkpoint)
+    return {"repository": moved, "reference_checkpoint": reference_copy}
+
+
+@pytest.fixture(scope="session")
+def opt_reference(opt_build) -> GenerationReference:
+    return GenerationReference(opt_build["reference_checkpoint"])
+
+
+@pytest.fixture(scope="session")
+def opt_server(opt_build, opt_reference, tmp_path_factory):
+    server = start_server(opt_build["repository"], tmp_path_factory.mktemp("logs") / "opt-server.log")
+    try:
+        yield ServedModel(server, opt_build["repository"], opt_reference)
+    finally:
+        server.stop()
