@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,8 +50,32 @@ def _is_local(source: str) -> bool:
     return Path(source).expanduser().exists()
 
 
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the model hub's host answers a TCP connection within ``timeout_s``."""
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout_s).close()
+    except OSError:
+        return False
+    return True
+
+
 def load_pretrained(cls: Any, source: str, **kwargs: Any) -> Any:
-    """``cls.from_pretrained(source)`` with one-line errors for missing folders and no hub access."""
+    """``cls.from_pretrained(source)`` with one-line errors for missing folders and no hub access.
+
+    A hub id is loaded from the local cache alone when the hub cannot be reached, so an offline
+    machine fails at once with a clear message instead of after minutes of retries.
+    """
+    if source.startswith(("/", "./", "../", "~")) and not _is_local(source):
+        raise ExportError(f"checkpoint folder {source} does not exist")
+    if not _is_local(source) and not hub_reachable():
+        kwargs = {**kwargs, "local_files_only": True}
     try:
         return cls.from_pretrained(str(Path(source).expanduser()) if _is_local(source) else source, **kwargs)
     except OSError as exc:

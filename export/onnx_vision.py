@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,10 @@ def export_vision_onnx(model: Any, image_size: tuple[int, int], path: Path) -> N
     module = _vision_to_query_module(model)
     dummy = torch.randn(2, 3, *image_size)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # The tracer's notes on Python-level shape checks and on aten::index are expected here.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=".*aten::index.*")
         torch.onnx.export(
             module,
             (dummy,),

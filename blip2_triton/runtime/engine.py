@@ -124,7 +124,8 @@ class DecoderOnlyEngine(GenerationEngine):
             except InvalidRequestError as exc:
                 results[index] = exc
                 continue
-            groups.setdefault(request.settings.batch_key(), []).append((index, ids))
+            key = ("alone", index) if request.settings.runs_alone else request.settings.batch_key()
+            groups.setdefault(key, []).append((index, ids))
         for members in groups.values():
             indices = [index for index, _ in members]
             try:

@@ -30,14 +30,15 @@ class GenerationSettings:
     def sampling(self) -> bool:
         return self.temperature is not None and self.temperature > 0
 
-    def batch_key(self) -> tuple:
-        """Requests with equal keys can share one ``generate`` call and get what they would alone.
+    @property
+    def runs_alone(self) -> bool:
+        """A seeded sampling request runs alone, so its text depends on its seed and nothing else."""
+        return self.sampling and self.random_seed is not None
 
-        A seeded sampling request runs alone, so its text depends on its seed only.
-        """
+    def batch_key(self) -> tuple:
+        """Requests with equal keys can share one ``generate`` call and get what they would alone."""
         values = asdict(self)
-        if not (self.sampling and self.random_seed is not None):
-            values["random_seed"] = None
+        values["random_seed"] = None
         return tuple(sorted(values.items()))
 
     def to_generate_kwargs(self) -> dict[str, Any]:

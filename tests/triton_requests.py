@@ -1,0 +1,70 @@
+"""Raw tritonclient requests for tests that must control exactly what goes over the wire."""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+
+from blip2_triton.runtime.contract import ENSEMBLE_INPUTS, ENSEMBLE_MODEL
+
+_SPECS = {spec.name: spec for spec in ENSEMBLE_INPUTS}
+_WIRE_TYPES = {"TYPE_STRING": "BYTES", "TYPE_INT32": "INT32", "TYPE_FP32": "FP32", "TYPE_UINT64": "UINT64"}
+
+
+@dataclass
+class Outcome:
+    text: str | None = None
+    status: str | None = None
+    message: str | None = None
+
+
+def build_inputs(image: bytes, prompt: str | None = None, **generation) -> list[grpcclient.InferInput]:
+    values: dict[str, object] = {"image": image, **generation}
+    if prompt is not None:
+        values["text_input"] = prompt.encode("utf-8")
+    inputs = []
+    for name, value in values.items():
+        spec = _SPECS[name]
+        array = np.array([[value]], dtype=np.object_ if spec.triton_type == "TYPE_STRING" else spec.numpy_dtype)
+        tensor = grpcclient.InferInput(name, list(array.shape), _WIRE_TYPES[spec.triton_type])
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    return inputs
+
+
+def infer_concurrently(url: str, requests: Sequence[dict], timeout_s: float = 300.0) -> list[Outcome]:
+    """Send every request at once with ``async_infer`` (so the server can batch them)."""
+    client = grpcclient.InferenceServerClient(url)
+    answers: queue.Queue = queue.Queue()
+    try:
+        for index, request in enumerate(requests):
+            client.async_infer(
+                ENSEMBLE_MODEL,
+                build_inputs(**request),
+                callback=lambda result, error, index=index: answers.put((index, result, error)),
+                outputs=[grpcclient.InferRequestedOutput("text_output")],
+            )
+        outcomes: list[Outcome | None] = [None] * len(requests)
+        for _ in requests:
+            index, result, error = answers.get(timeout=timeout_s)
+            if error is not None:
+                outcomes[index] = Outcome(status=error.status(), message=error.message())
+            else:
+                outcomes[index] = Outcome(text=result.as_numpy("text_output")[0][0].decode("utf-8"))
+        return outcomes  # type: ignore[return-value]
+    finally:
+        client.close()
+
+
+def batch_statistics(url: str, model: str) -> tuple[int, int]:
+    """(inference_count, execution_count) of a model: more inferences than executions = batching."""
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        stats = client.get_inference_statistics(model).model_stats[0]
+        return stats.inference_count, stats.execution_count
+    finally:
+        client.close()
