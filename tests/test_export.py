@@ -1,0 +1,144 @@
+"""Export: strict templates, configs valid under Triton's ModelConfig, ONNX graph, manifest, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from blip2_triton.export.configs import (
+    check_ensemble,
+    parse_config,
+    render,
+    template_dir,
+    validate_repository,
+)
+from blip2_triton.export.errors import ExportError
+from blip2_triton.export.manifest import verify_manifest
+from blip2_triton.export.repository import ExportOptions, export_repository
+from blip2_triton.tiny import build_tiny_checkpoint
+
+MODELS = {"blip2", "blip2_preprocess", "blip2_vision", "blip2_llm"}
+CLI = [sys.executable, "-m", "blip2_triton.cli"]
+
+
+@pytest.fixture(scope="module")
+def small_checkpoint(tmp_path_factory) -> Path:
+    """A tiny checkpoint with a non-default image size (48 px)."""
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("ckpt48") / "checkpoint", "opt", image_size=48)
+
+
+def test_every_rendered_config_validates(opt_build):
+    repository = opt_build["repository"]
+    models = validate_repository(repository)
+    assert set(models) == MODELS
+    for name in MODELS:
+        text = (repository / name / "config.pbtxt").read_text()
+        assert "${" not in text
+        assert parse_config(text, source=name).max_batch_size == 8
+
+
+def test_a_missing_template_value_is_an_export_error():
+    template = (template_dir() / "blip2_llm" / "config.pbtxt.tmpl").read_text()
+    with pytest.raises(ExportError, match=r"no value for template placeholder \$\{"):
+        render(template, {"max_batch_size": 4}, source="blip2_llm/config.pbtxt.tmpl")
+
+
+def test_a_config_outside_the_schema_is_an_export_error():
+    with pytest.raises(ExportError, match="not a valid Triton ModelConfig"):
+        parse_config('name: "x" max_batch_size: 4 no_such_field: 1', source="x")
+    with pytest.raises(ExportError, match="not a valid Triton ModelConfig"):
+        parse_config('name: "x" input [ { name: "a" data_type: TYPE_NOPE dims: [1] } ]', source="x")
+
+
+def test_an_ensemble_wired_to_a_missing_tensor_is_an_export_error(opt_build):
+    models = validate_repository(opt_build["repository"])
+    ensemble = models["blip2"]
+    ensemble.ensemble_scheduling.step[1].input_map["pixel_values"] = "_no_such_wire"
+    with pytest.raises(ExportError, match="is not produced before it"):
+        check_ensemble(ensemble, models)
+
+
+def test_onnx_graph_has_contract_names_and_dynamic_batch(opt_build):
+    path = opt_build["repository"] / "blip2_vision" / "1" / "model.onnx"
+    graph = onnx.load(str(path)).graph
+    assert [i.name for i in graph.input] == ["pixel_values"]
+    assert [o.name for o in graph.output] == ["query_embeds"]
+    assert graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert max(op.version for op in onnx.load(str(path)).opset_import if op.domain in ("", "ai.onnx")) >= 17
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch in (1, 5):
+        (out,) = session.run(None, {"pixel_values": np.random.rand(batch, 3, 64, 64).astype(np.float32)})
+        assert out.shape == (batch, 8, 64)
+
+
+def test_manifest_records_sources_versions_and_checksums(opt_build):
+    repository = opt_build["repository"]
+    manifest = json.loads((repository / "manifest.json").read_text())
+    assert manifest["onnx_opset"] >= 17
+    assert manifest["onnx_max_abs_diff"] < 1e-4
+    assert manifest["shapes"] == {"pixel_values": [-1, 3, 64, 64], "query_embeds": [-1, 8, 64]}
+    assert {"torch", "transformers", "onnx", "onnxruntime"} <= set(manifest["versions"])
+    assert "blip2_vision/1/model.onnx" in manifest["files"]
+    assert verify_manifest(repository) == []
+
+
+def test_export_any_declared_image_size_and_native_onnxruntime_backend(small_checkpoint, tmp_path):
+    output = tmp_path / "repo"
+    manifest = export_repository(str(small_checkpoint), output, ExportOptions(vision_backend="onnxruntime"), quiet=True)
+    assert manifest["shapes"]["pixel_values"] == [-1, 3, 48, 48]
+    models = validate_repository(output)
+    assert models["blip2_vision"].backend == "onnxruntime"
+    assert list(models["blip2_preprocess"].output[0].dims) == [3, 48, 48]
+    assert not (output / "blip2_vision" / "1" / "model.py").exists()
+    assert (output / "blip2_vision" / "1" / "model.onnx").is_file()
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_cli_export_errors_are_one_line(small_checkpoint, tmp_path):
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "file").write_text("x")
+    cases = [
+        (["--model", str(small_checkpoint), "--output", str(occupied)], "exists and is not empty"),
+        (["--model", str(tmp_path / "nowhere"), "--output", str(tmp_path / "o1")], "does not exist"),
+        (["--model", str(small_checkpoint), "--output", str(tmp_path / "o2"), "--dtype", "fp16"], "needs a GPU"),
+        (["--model", str(small_checkpoint), "--output", str(tmp_path / "o3"), "--max-batch-size", "0"], "at least 1"),
+    ]
+    for args, fragment in cases:
+        result = _cli("export", *args)
+        assert result.returncode == 1, result.stderr
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith("blip2-triton: error: ") and fragment in last, result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_cli_export_with_a_hub_id_offline_says_what_to_pass(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    result = _cli("export", "--model", "Salesforce/blip2-opt-2.7b", "--output", str(tmp_path / "o"), env=env)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert "cannot download 'Salesforce/blip2-opt-2.7b'" in last and "pass a local checkpoint folder" in last
+
+
+@pytest.mark.server
+def test_served_repository_was_moved_and_its_checkpoint_deleted(opt_server, opt_build, sample_images):
+    """The live server reads a repository that was moved after export, with the source checkpoint gone."""
+    assert opt_server.repository == opt_build["repository"]
+    assert not (opt_build["repository"].parent.parent / "checkpoint").exists()
+    assert "exported" not in str(opt_server.repository)
+    from .triton_requests import infer_concurrently
+
+    image = sample_images[3].read_bytes()
+    (outcome,) = infer_concurrently(opt_server.grpc_url, [{"image": image, "prompt": "a photo of"}])
+    assert outcome.text == opt_server.reference(image, "a photo of")
