@@ -82,7 +82,9 @@ def load_pretrained(cls: Any, source: str, **kwargs: Any) -> Any:
         if _is_local(source):
             raise ExportError(f"cannot load the checkpoint in {source}: {str(exc).splitlines()[0]}") from exc
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        reason = "the model hub is disabled (HF_HUB_OFFLINE=1)" if offline else "the model hub cannot be reached"
+        reason = (
+            "the model hub is disabled (HF_HUB_OFFLINE=1)" if offline else "the model hub cannot be reached"
+        )
         raise ExportError(
             f"cannot download {source!r}: {reason}; pass a local checkpoint folder instead "
             "(--model /path/to/checkpoint, a folder written by save_pretrained)"

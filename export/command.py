@@ -14,7 +14,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="turn a BLIP-2 checkpoint into a Triton model repository",
         description="Export a BLIP-2 checkpoint (hub id or local folder) into a self-contained Triton model repository.",
     )
-    parser.add_argument("--model", required=True, help="hub id (e.g. Salesforce/blip2-opt-2.7b) or local folder")
+    parser.add_argument(
+        "--model", required=True, help="hub id (e.g. Salesforce/blip2-opt-2.7b) or local folder"
+    )
     parser.add_argument("--output", required=True, help="new folder for the model repository")
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--dtype", choices=DTYPES, default="fp32", help="weights precision (fp32 on CPU)")

@@ -36,7 +36,9 @@ def tensor_block(specs: Iterable[TensorSpec], *, indent: str = "  ") -> str:
     for spec in specs:
         dims = ", ".join(str(d) for d in spec.dims)
         optional = " optional: true" if spec.optional else ""
-        lines.append(f"{indent}{{ name: \"{spec.name}\" data_type: {spec.triton_type} dims: [ {dims} ]{optional} }}")
+        lines.append(
+            f'{indent}{{ name: "{spec.name}" data_type: {spec.triton_type} dims: [ {dims} ]{optional} }}'
+        )
     return ",\n".join(lines)
 
 
@@ -76,7 +78,9 @@ def check_model_config(config: model_config_pb2.ModelConfig, folder_name: str) -
             raise ExportError(f"{where}: tensor {tensor.name!r} has bad dims {list(tensor.dims)}")
 
 
-def check_ensemble(ensemble: model_config_pb2.ModelConfig, models: Mapping[str, model_config_pb2.ModelConfig]):
+def check_ensemble(
+    ensemble: model_config_pb2.ModelConfig, models: Mapping[str, model_config_pb2.ModelConfig]
+):
     """Every step names a model of the repository and only tensors that model has."""
     ensemble_inputs = {t.name for t in ensemble.input}
     produced: set[str] = set(ensemble_inputs)
@@ -93,7 +97,9 @@ def check_ensemble(ensemble: model_config_pb2.ModelConfig, models: Mapping[str, 
                 raise ExportError(f"ensemble step {step.model_name}: {wire!r} is not produced before it")
         required = {t.name for t in model.input if not t.optional}
         if missing := required - set(step.input_map):
-            raise ExportError(f"ensemble step {step.model_name}: required inputs {sorted(missing)} are not mapped")
+            raise ExportError(
+                f"ensemble step {step.model_name}: required inputs {sorted(missing)} are not mapped"
+            )
         for key, wire in step.output_map.items():
             if key not in outputs:
                 raise ExportError(f"ensemble step {step.model_name}: no output {key!r}")
@@ -103,7 +109,9 @@ def check_ensemble(ensemble: model_config_pb2.ModelConfig, models: Mapping[str, 
             raise ExportError(f"ensemble {ensemble.name!r}: output {tensor.name!r} is produced by no step")
 
 
-def write_config(template_path: Path, values: Mapping[str, object], out_dir: Path) -> model_config_pb2.ModelConfig:
+def write_config(
+    template_path: Path, values: Mapping[str, object], out_dir: Path
+) -> model_config_pb2.ModelConfig:
     """Render, validate and write ``out_dir/config.pbtxt``; returns the parsed config."""
     source = str(template_path.relative_to(template_path.parents[1]))
     text = render(template_path.read_text(), values, source=source)

@@ -86,5 +86,7 @@ def verify_vision_onnx(model: Any, image_size: tuple[int, int], path: Path, dtyp
         raise ExportError(f"ONNX output shape {actual.shape} differs from PyTorch {expected.shape}")
     diff = float(np.max(np.abs(actual.astype(np.float64) - expected.astype(np.float64))))
     if not diff <= TOLERANCE[dtype]:
-        raise ExportError(f"ONNX vision graph differs from PyTorch by {diff:.3g} (tolerance {TOLERANCE[dtype]})")
+        raise ExportError(
+            f"ONNX vision graph differs from PyTorch by {diff:.3g} (tolerance {TOLERANCE[dtype]})"
+        )
     return diff

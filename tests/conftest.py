@@ -56,6 +56,7 @@ def opt_build(tmp_path_factory) -> dict[str, Path]:
     Every served test then also proves the repository is relocatable and self-contained.
     """
     from blip2_triton.export.repository import ExportOptions, export_repository
+
     from blip2_triton.tiny import build_tiny_checkpoint
 
     base = tmp_path_factory.mktemp("opt")

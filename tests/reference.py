@@ -34,12 +34,17 @@ class GenerationReference:
             torch.manual_seed(settings.random_seed)
         with torch.inference_mode():
             out = self.model.generate(**inputs, **kwargs, output_scores=True, return_dict_in_generate=True)
-        if not settings.sampling and not settings.beam_width or settings.beam_width == 1:
+        if not settings.sampling and (not settings.beam_width or settings.beam_width == 1):
             for scores in out.scores:
                 top2 = scores[0].topk(2).values
                 self.margins.append(float(top2[0] - top2[1]))
-        prompt_length = inputs["input_ids"].shape[1] if "input_ids" in inputs else self._default_prompt_length
-        new_tokens = out.sequences[0, prompt_length:]
+        if self.model.config.use_decoder_only_language_model:
+            prompt_length = self._default_prompt_length
+            if "input_ids" in inputs:
+                prompt_length = inputs["input_ids"].shape[1]
+            new_tokens = out.sequences[0, prompt_length:]
+        else:  # encoder-decoder (T5): the sequences are decoder tokens only, all of them new
+            new_tokens = out.sequences[0]
         return self.processor.tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
 
     @property

@@ -12,7 +12,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-
 from blip2_triton.export.configs import (
     check_ensemble,
     parse_config,
@@ -23,6 +22,7 @@ from blip2_triton.export.configs import (
 from blip2_triton.export.errors import ExportError
 from blip2_triton.export.manifest import verify_manifest
 from blip2_triton.export.repository import ExportOptions, export_repository
+
 from blip2_triton.tiny import build_tiny_checkpoint
 
 MODELS = {"blip2", "blip2_preprocess", "blip2_vision", "blip2_llm"}
@@ -92,7 +92,9 @@ def test_manifest_records_sources_versions_and_checksums(opt_build):
 
 def test_export_any_declared_image_size_and_native_onnxruntime_backend(small_checkpoint, tmp_path):
     output = tmp_path / "repo"
-    manifest = export_repository(str(small_checkpoint), output, ExportOptions(vision_backend="onnxruntime"), quiet=True)
+    manifest = export_repository(
+        str(small_checkpoint), output, ExportOptions(vision_backend="onnxruntime"), quiet=True
+    )
     assert manifest["shapes"]["pixel_values"] == [-1, 3, 48, 48]
     models = validate_repository(output)
     assert models["blip2_vision"].backend == "onnxruntime"
@@ -112,8 +114,14 @@ def test_cli_export_errors_are_one_line(small_checkpoint, tmp_path):
     cases = [
         (["--model", str(small_checkpoint), "--output", str(occupied)], "exists and is not empty"),
         (["--model", str(tmp_path / "nowhere"), "--output", str(tmp_path / "o1")], "does not exist"),
-        (["--model", str(small_checkpoint), "--output", str(tmp_path / "o2"), "--dtype", "fp16"], "needs a GPU"),
-        (["--model", str(small_checkpoint), "--output", str(tmp_path / "o3"), "--max-batch-size", "0"], "at least 1"),
+        (
+            ["--model", str(small_checkpoint), "--output", str(tmp_path / "o2"), "--dtype", "fp16"],
+            "needs a GPU",
+        ),
+        (
+            ["--model", str(small_checkpoint), "--output", str(tmp_path / "o3"), "--max-batch-size", "0"],
+            "at least 1",
+        ),
     ]
     for args, fragment in cases:
         result = _cli("export", *args)

@@ -41,7 +41,9 @@ def test_parity_matrix_equals_transformers(opt_server, sample_images):
     # caption and VQA requests reach the LLM stage together and share its batch.
     for start in range(0, len(cases), 4):
         group = cases[start : start + 4]
-        requests = [{"image": data[name], "prompt": prompt, **settings} for name, prompt, settings, *_ in group]
+        requests = [
+            {"image": data[name], "prompt": prompt, **settings} for name, prompt, settings, *_ in group
+        ]
         served.extend(infer_concurrently(opt_server.grpc_url, requests))
     after = batch_statistics(opt_server.grpc_url, "blip2_llm")
 

@@ -29,7 +29,9 @@ def build_inputs(image: bytes, prompt: str | None = None, **generation) -> list[
     inputs = []
     for name, value in values.items():
         spec = _SPECS[name]
-        array = np.array([[value]], dtype=np.object_ if spec.triton_type == "TYPE_STRING" else spec.numpy_dtype)
+        array = np.array(
+            [[value]], dtype=np.object_ if spec.triton_type == "TYPE_STRING" else spec.numpy_dtype
+        )
         tensor = grpcclient.InferInput(name, list(array.shape), _WIRE_TYPES[spec.triton_type])
         tensor.set_data_from_numpy(array)
         inputs.append(tensor)

@@ -119,7 +119,9 @@ def parse_settings(raw: Mapping[str, Any]) -> GenerationSettings:
     repetition_penalty = None
     if get("repetition_penalty") is not None:
         repetition_penalty = _float("repetition_penalty", get("repetition_penalty"), low=0.0, low_open=True)
-    length_penalty = None if get("length_penalty") is None else _float("length_penalty", get("length_penalty"))
+    length_penalty = (
+        None if get("length_penalty") is None else _float("length_penalty", get("length_penalty"))
+    )
     no_repeat = None
     if get("no_repeat_ngram_size") is not None:
         no_repeat = _int("no_repeat_ngram_size", get("no_repeat_ngram_size"), 0)

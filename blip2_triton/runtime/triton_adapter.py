@@ -32,7 +32,9 @@ class ModelLogger:
 def error_response(exc: BaseException, logger: ModelLogger):
     """A response carrying a one-line error: INVALID_ARG for bad input, INTERNAL (logged) otherwise."""
     if isinstance(exc, InvalidRequestError):
-        return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG))
+        return pb_utils.InferenceResponse(
+            error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
+        )
     logger.error("".join(traceback.format_exception(exc)))
     message = " ".join(f"internal error: {type(exc).__name__}: {exc}".split())
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INTERNAL))

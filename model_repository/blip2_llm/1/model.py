@@ -8,11 +8,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from blip2_runtime.contract import GENERATION_INPUT_NAMES  # noqa: E402
-from blip2_runtime.engine import GenerationRequest, load_engine  # noqa: E402
-from blip2_runtime.errors import InvalidRequestError  # noqa: E402
-from blip2_runtime.generation import parse_prompt, parse_settings  # noqa: E402
-from blip2_runtime.triton_adapter import (  # noqa: E402
+from blip2_runtime.contract import GENERATION_INPUT_NAMES
+from blip2_runtime.engine import GenerationRequest, load_engine
+from blip2_runtime.errors import InvalidRequestError
+from blip2_runtime.generation import parse_prompt, parse_settings
+from blip2_runtime.triton_adapter import (
     ModelLogger,
     error_response,
     input_array,

@@ -8,9 +8,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from blip2_runtime.errors import InvalidRequestError  # noqa: E402
-from blip2_runtime.preprocess import ImagePreprocessor  # noqa: E402
-from blip2_runtime.triton_adapter import ModelLogger, input_array, output_response, respond_each  # noqa: E402
+from blip2_runtime.errors import InvalidRequestError
+from blip2_runtime.preprocess import ImagePreprocessor
+from blip2_runtime.triton_adapter import ModelLogger, input_array, output_response, respond_each
 
 
 class TritonPythonModel:

@@ -8,14 +8,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from blip2_runtime.triton_adapter import (  # noqa: E402
+from blip2_runtime.triton_adapter import (
     ModelLogger,
     error_response,
     input_array,
     model_parameter,
     output_response,
 )
-from blip2_runtime.vision import OnnxVisionEncoder  # noqa: E402
+from blip2_runtime.vision import OnnxVisionEncoder
 
 
 class TritonPythonModel:
