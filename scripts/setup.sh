@@ -20,11 +20,20 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -x $VENV/bin/blip2-tr
   exit 0
 fi
 [ -x $VENV/bin/python ] || $PYTHON -m venv $VENV
-$VENV/bin/python -m pip install -q --upgrade pip setuptools wheel 2>&1 | grep -v "^WARNING: Location" || true
-echo "setup: installing pinned dependencies (torch, transformers, onnxruntime, tritonserver, tritonclient)"
-$VENV/bin/python -m pip install -q -r requirements.lock -r requirements-dev.lock 2>&1 | grep -v "^WARNING: Location" || true
-$VENV/bin/python -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v "^WARNING: Location" || true
+LOG=$VENV/setup.log
+: > "$LOG"
+pip_install() {
+  if ! $VENV/bin/python -m pip install --disable-pip-version-check "$@" >>"$LOG" 2>&1; then
+    grep -v "^WARNING: Location" "$LOG" | tail -40 >&2
+    echo "setup: pip install $* failed (full log: $LOG)" >&2
+    exit 1
+  fi
+}
+pip_install --upgrade pip setuptools wheel
+echo "setup: installing pinned dependencies (torch, transformers, onnxruntime, tritonserver, tritonclient); log: $LOG"
+pip_install -r requirements.lock -r requirements-dev.lock
+pip_install --no-deps --no-build-isolation -e .
 $VENV/bin/python -c "import torch, transformers, onnxruntime, tritonclient.grpc, pytriton, blip2_triton" \
-  || { echo "setup: the environment is incomplete (see pip output above)" >&2; exit 1; }
+  || { echo "setup: the environment is incomplete (log: $LOG)" >&2; exit 1; }
 echo "$want" > "$STAMP"
 echo "setup: done"
