@@ -1,1 +1,46 @@
-"""Python client SDK for a blip2-triton server."""
+"""Python client SDK for a blip2-triton server.
+
+>>> from blip2_triton.client import Blip2Client
+>>> with Blip2Client("localhost:8001") as client:
+...     client.caption("samples/sky_circle.jpg")
+...     client.ask("samples/sky_circle.jpg", "what is in the sky?", max_tokens=10)
+
+:class:`Blip2Client` blocks; :class:`AsyncBlip2Client` has the same constructor and method names,
+as coroutines. Every error raised on purpose is a :class:`Blip2ClientError`.
+"""
+
+from .async_client import AsyncBlip2Client, AsyncChatSession
+from .errors import (
+    Blip2ClientError,
+    InferenceTimeoutError,
+    InvalidImageError,
+    InvalidRequestError,
+    RequestCancelledError,
+    ServerError,
+    ServerUnavailableError,
+    map_triton_error,
+)
+from .images import ImageLike, image_bytes
+from .prompts import chat_prompt, vqa_prompt
+from .settings import GenerationSettings
+from .sync_client import Blip2Client, ChatSession
+
+__all__ = [
+    "AsyncBlip2Client",
+    "AsyncChatSession",
+    "Blip2Client",
+    "Blip2ClientError",
+    "ChatSession",
+    "GenerationSettings",
+    "ImageLike",
+    "InferenceTimeoutError",
+    "InvalidImageError",
+    "InvalidRequestError",
+    "RequestCancelledError",
+    "ServerError",
+    "ServerUnavailableError",
+    "chat_prompt",
+    "image_bytes",
+    "map_triton_error",
+    "vqa_prompt",
+]

@@ -1,0 +1,291 @@
+"""The client SDK and its CLI against a live server: the answers are what transformers produces."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from blip2_triton.client import (
+    AsyncBlip2Client,
+    Blip2Client,
+    GenerationSettings,
+    InvalidRequestError,
+    ServerUnavailableError,
+    chat_prompt,
+    image_bytes,
+    vqa_prompt,
+)
+from PIL import Image
+
+pytestmark = pytest.mark.server
+
+ROOT = Path(__file__).resolve().parent.parent
+CLI = Path(sys.executable).parent / "blip2-triton"
+PROTOCOLS = ["grpc", "http"]
+INVALID_STATUS = {"grpc": "INVALID_ARGUMENT", "http": "400"}
+QUESTIONS = ("what is in the picture?", "what colour is it?", "is it big?")
+
+
+def url_of(server, protocol: str) -> str:
+    return server.grpc_url if protocol == "grpc" else server.http_url
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def reference(opt_server):
+    """``opt_server.reference`` with a cache: the same request is computed once per module."""
+    cache: dict[tuple, str] = {}
+
+    def compute(image: bytes, prompt: str | None = None, **generation) -> str:
+        key = (image, prompt, tuple(sorted(generation.items())))
+        if key not in cache:
+            cache[key] = opt_server.reference(image, prompt, **generation)
+        return cache[key]
+
+    return compute
+
+
+# -- sync ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_readiness_and_family(opt_server, protocol):
+    with Blip2Client(url_of(opt_server, protocol), protocol=protocol) as client:
+        client.wait_until_ready(60)
+        assert client.is_ready() is True
+        assert client.llm_family == "opt"
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_caption_every_sample(opt_server, sample_images, reference, protocol):
+    with Blip2Client(url_of(opt_server, protocol), protocol=protocol) as client:
+        for path in sample_images:
+            assert client.caption(path) == reference(path.read_bytes()), path.name
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_caption_with_prompt_and_settings(opt_server, sample_images, reference, protocol):
+    path = sample_images[0]
+    data = path.read_bytes()
+    with Blip2Client(url_of(opt_server, protocol), protocol=protocol) as client:
+        expected = reference(data, "a picture of", max_tokens=6, beam_width=3)
+        assert client.caption(str(path), "a picture of", max_tokens=6, beam_width=3) == expected
+        settings = GenerationSettings(max_tokens=6, beam_width=3)
+        assert client.caption(data, prompt="a picture of", settings=settings) == expected
+        assert client.caption(data, "a picture of", settings, max_tokens=4) == reference(
+            data, "a picture of", max_tokens=4, beam_width=3
+        )
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_caption_of_a_pil_image(opt_server, sample_images, reference, protocol):
+    with Image.open(sample_images[0]) as opened:
+        image = opened.convert("RGB").resize((50, 40))
+    with Blip2Client(url_of(opt_server, protocol), protocol=protocol) as client:
+        assert client.caption(image, max_tokens=8) == reference(image_bytes(image), max_tokens=8)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_ask(opt_server, sample_images, reference, protocol):
+    with Blip2Client(url_of(opt_server, protocol), protocol=protocol) as client:
+        for path, question in zip(sample_images[:3], QUESTIONS, strict=True):
+            expected = reference(path.read_bytes(), f"Question: {question} Answer:", max_tokens=10)
+            assert client.ask(path, question, max_tokens=10) == expected, path.name
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_chat_sends_the_template_prompt(opt_server, sample_images, reference, protocol):
+    path = sample_images[1]
+    data = path.read_bytes()
+    with Blip2Client(url_of(opt_server, protocol), protocol=protocol) as client:
+        session = client.chat(path)
+        history: list[tuple[str, str]] = []
+        for question in QUESTIONS:
+            prompt = chat_prompt("opt", history, question)
+            assert session.prompt_for(question) == prompt
+            answer = session.ask(question, max_tokens=8)
+            assert answer == reference(data, prompt, max_tokens=8), prompt
+            history.append((question, answer))
+            assert session.history == tuple(history)
+        session.reset()
+        assert session.history == ()
+        again = session.ask(QUESTIONS[0], max_tokens=8)
+        assert again == reference(data, vqa_prompt("opt", QUESTIONS[0]), max_tokens=8)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_caption_batch_in_input_order(opt_server, sample_images, reference, protocol):
+    images = [*sample_images, *reversed(sample_images)]  # longer than the window and the server batch
+    expected = [reference(path.read_bytes(), max_tokens=12) for path in images]
+    with Blip2Client(url_of(opt_server, protocol), protocol=protocol, max_concurrency=5) as client:
+        assert client.caption_batch(images, max_tokens=12) == expected
+        assert client.caption_batch(images[:3], progress=True, max_tokens=12) == expected[:3]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_caption_batch_with_one_prompt_per_image(opt_server, sample_images, reference, protocol):
+    images = sample_images[:4]
+    prompts = ["a photo of", None, "Question: what is it? Answer:", "there is"]
+    expected = [
+        reference(p.read_bytes(), prompt, max_tokens=8) for p, prompt in zip(images, prompts, strict=True)
+    ]
+    with Blip2Client(url_of(opt_server, protocol), protocol=protocol) as client:
+        assert client.caption_batch(images, prompts, GenerationSettings(max_tokens=8)) == expected
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_invalid_image_is_an_invalid_request(opt_server, protocol):
+    with Blip2Client(url_of(opt_server, protocol), protocol=protocol) as client:
+        with pytest.raises(InvalidRequestError, match="not a recognised image format") as info:
+            client.caption(b"not an image")
+        assert info.value.status == INVALID_STATUS[protocol]
+        assert "\n" not in info.value.message and "Traceback" not in info.value.message
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_invalid_setting_is_an_invalid_request(opt_server, sample_images, protocol):
+    with Blip2Client(url_of(opt_server, protocol), protocol=protocol) as client:
+        with pytest.raises(InvalidRequestError, match="'max_tokens' must be") as info:
+            client.caption(sample_images[0], max_tokens=0)
+        assert info.value.status == INVALID_STATUS[protocol]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_batch_failure_names_its_image(opt_server, sample_images, protocol):
+    images = [sample_images[0], b"not an image", sample_images[1]]
+    with Blip2Client(url_of(opt_server, protocol), protocol=protocol) as client:
+        with pytest.raises(InvalidRequestError, match="not a recognised image format") as info:
+            client.caption_batch(images)
+        assert info.value.index == 1
+        assert client.caption(sample_images[0], max_tokens=3)  # the client still works
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_closed_port_is_unavailable(sample_images, protocol):
+    with Blip2Client(f"localhost:{closed_port()}", protocol=protocol) as client:
+        with pytest.raises(ServerUnavailableError):
+            client.caption(sample_images[0])
+        assert client.is_ready() is False
+
+
+# -- asyncio -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_async_caption_ask_chat_and_batch(opt_server, sample_images, reference, protocol):
+    path = sample_images[2]
+    data = path.read_bytes()
+
+    async def main():
+        async with AsyncBlip2Client(
+            url_of(opt_server, protocol), protocol=protocol, max_concurrency=4
+        ) as client:
+            await client.wait_until_ready(60)
+            assert await client.is_ready() is True
+            assert await client.llm_family() == "opt"
+            assert await client.caption(path) == reference(data)
+            assert await client.caption(data, "a picture of", max_tokens=5, beam_width=2) == reference(
+                data, "a picture of", max_tokens=5, beam_width=2
+            )
+            question = QUESTIONS[0]
+            assert await client.ask(path, question, max_tokens=10) == reference(
+                data, vqa_prompt("opt", question), max_tokens=10
+            )
+
+            session = client.chat(path)
+            history: list[tuple[str, str]] = []
+            for question in QUESTIONS[:2]:
+                prompt = chat_prompt("opt", history, question)
+                answer = await session.ask(question, max_tokens=8)
+                assert answer == reference(data, prompt, max_tokens=8)
+                history.append((question, answer))
+            assert session.history == tuple(history)
+
+            images = [*sample_images, *sample_images]
+            expected = [reference(p.read_bytes(), max_tokens=12) for p in images]
+            assert await client.caption_batch(images, max_tokens=12) == expected
+
+            with pytest.raises(InvalidRequestError, match="not a recognised image format") as info:
+                await client.caption(b"not an image")
+            assert info.value.status == INVALID_STATUS[protocol]
+            with pytest.raises(InvalidRequestError, match="'max_tokens' must be"):
+                await client.caption(data, max_tokens=0)
+            with pytest.raises(InvalidRequestError) as info:
+                await client.caption_batch([data, data, b"not an image", data])
+            assert info.value.index == 2
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_async_closed_port_is_unavailable(sample_images, protocol):
+    async def main():
+        async with AsyncBlip2Client(f"localhost:{closed_port()}", protocol=protocol) as client:
+            with pytest.raises(ServerUnavailableError):
+                await client.caption(sample_images[0])
+
+    asyncio.run(main())
+
+
+# -- CLI -----------------------------------------------------------------------------------------
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(CLI), *args], capture_output=True, text=True, timeout=300, cwd=ROOT, check=False
+    )
+
+
+def test_cli_caption_prints_the_reference_captions(opt_server, sample_images, reference):
+    paths = [str(p) for p in sample_images[:4]]
+    done = run_cli("caption", *paths, "--url", opt_server.grpc_url)
+    assert done.returncode == 0, done.stderr
+    expected = [f"{p}\t{reference(Path(p).read_bytes())}" for p in paths]
+    assert done.stdout.splitlines() == expected
+
+
+def test_cli_caption_json_over_http(opt_server, sample_images, reference):
+    path = str(sample_images[0])
+    done = run_cli(
+        "caption", path, "--url", opt_server.http_url, "--protocol", "http", "--max-tokens", "6",
+        "--beam-width", "2", "--prompt", "a picture of", "--json",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    expected = reference(Path(path).read_bytes(), "a picture of", max_tokens=6, beam_width=2)
+    assert [json.loads(line) for line in done.stdout.splitlines()] == [{"image": path, "caption": expected}]
+
+
+def test_cli_ask(opt_server, sample_images, reference):
+    path = str(sample_images[0])
+    done = run_cli("ask", path, "what is it?", "--url", opt_server.grpc_url, "--max-tokens", "10")
+    assert done.returncode == 0, done.stderr
+    expected = reference(Path(path).read_bytes(), "Question: what is it? Answer:", max_tokens=10)
+    assert done.stdout == expected + "\n"
+
+
+def test_cli_errors_are_one_line(opt_server, sample_images, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    done = run_cli("caption", str(sample_images[0]), str(bad), "--url", opt_server.grpc_url)
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr.startswith(f"blip2-triton: error: {bad}: ")
+    assert "not a recognised image format" in done.stderr and len(done.stderr.splitlines()) == 1
+
+    done = run_cli("ask", str(sample_images[0]), "why?", "--url", opt_server.grpc_url, "--max-tokens", "0")
+    assert done.returncode == 1
+    assert done.stderr.startswith("blip2-triton: error: ") and "'max_tokens' must be" in done.stderr
+    assert len(done.stderr.splitlines()) == 1
+
+    done = run_cli("caption", str(tmp_path / "missing.png"), "--url", opt_server.grpc_url)
+    assert (done.returncode, done.stderr) == (
+        1,
+        f"blip2-triton: error: image file not found: {tmp_path}/missing.png\n",
+    )
+
+    done = run_cli("caption", str(sample_images[0]), "--url", f"localhost:{closed_port()}")
+    assert done.returncode == 1 and len(done.stderr.splitlines()) == 1

@@ -1,0 +1,525 @@
+"""The client SDK without a server: tensors, images, prompts, error mapping, options and the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import io
+import json
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+from blip2_triton.client import (
+    AsyncBlip2Client,
+    Blip2Client,
+    Blip2ClientError,
+    GenerationSettings,
+    InferenceTimeoutError,
+    InvalidImageError,
+    InvalidRequestError,
+    RequestCancelledError,
+    ServerError,
+    ServerUnavailableError,
+    _tensors,
+    chat_prompt,
+    command,
+    image_bytes,
+    map_triton_error,
+    vqa_prompt,
+)
+from blip2_triton.client.errors import translated_errors
+from blip2_triton.client.prompts import family_from_model_config
+from blip2_triton.client.settings import resolve_settings
+from blip2_triton.client.sync_client import ClientOptions, batch_prompts, llm_family_from_config
+from PIL import Image
+from tritonclient.utils import InferenceServerException, serialize_byte_tensor
+
+from blip2_triton import cli
+from blip2_triton.runtime.contract import GENERATION_INPUT_NAMES, GENERATION_INPUTS, IMAGE, TEXT_INPUT
+
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+
+ALL_SETTINGS = GenerationSettings(
+    max_tokens=20,
+    min_tokens=2,
+    beam_width=3,
+    temperature=0.7,
+    top_p=0.9,
+    top_k=40,
+    repetition_penalty=1.1,
+    length_penalty=0.8,
+    no_repeat_ngram_size=3,
+    random_seed=2**63 + 5,
+)
+
+WIRE_TYPES = {"TYPE_STRING": "BYTES", "TYPE_INT32": "INT32", "TYPE_FP32": "FP32", "TYPE_UINT64": "UINT64"}
+
+
+def closed_port() -> int:
+    """A local port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# -- settings ------------------------------------------------------------------------------------
+def test_settings_fields_are_the_contract_generation_inputs():
+    names = tuple(field.name for field in dataclasses.fields(GenerationSettings))
+    assert names == GENERATION_INPUT_NAMES
+
+
+def test_settings_only_set_fields_are_sent():
+    assert GenerationSettings().to_dict() == {}
+    assert GenerationSettings(max_tokens=5, temperature=1).to_dict() == {"max_tokens": 5, "temperature": 1}
+
+
+def test_settings_are_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        GenerationSettings().max_tokens = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"max_tokens": 2.5},
+        {"max_tokens": "20"},
+        {"beam_width": True},
+        {"temperature": "hot"},
+        {"top_p": [0.5]},
+        {"random_seed": 1.0},
+    ],
+)
+def test_settings_reject_wrong_types(kwargs):
+    with pytest.raises(TypeError, match=next(iter(kwargs))):
+        GenerationSettings(**kwargs)
+
+
+def test_settings_accept_numpy_scalars_and_leave_values_to_the_server():
+    settings = GenerationSettings(max_tokens=np.int64(0), temperature=np.float32(-1.0), top_k=-3)
+    assert settings.to_dict() == {"max_tokens": 0, "temperature": -1.0, "top_k": -3}
+
+
+def test_settings_seed_must_fit_uint64():
+    GenerationSettings(random_seed=2**64 - 1)
+    with pytest.raises(ValueError, match="random_seed"):
+        GenerationSettings(random_seed=-1)
+
+
+def test_resolve_settings_applies_keyword_overrides():
+    base = GenerationSettings(max_tokens=10, beam_width=2)
+    resolved = resolve_settings(base, {"max_tokens": 4, "top_k": None})
+    assert resolved == GenerationSettings(max_tokens=4, beam_width=2)
+    assert resolve_settings(None, {}) == GenerationSettings()
+    assert resolve_settings({"top_p": 0.5}, {"random_seed": 1}) == GenerationSettings(
+        top_p=0.5, random_seed=1
+    )
+
+
+def test_resolve_settings_rejects_unknown_keywords():
+    with pytest.raises(TypeError, match="max_new_tokens"):
+        resolve_settings(None, {"max_new_tokens": 3})
+    with pytest.raises(TypeError, match="GenerationSettings"):
+        resolve_settings(42, {})  # type: ignore[arg-type]
+
+
+# -- tensors -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_tensors_for_every_setting(protocol):
+    inputs = _tensors.build_inputs(protocol, b"\x89PNG...", "Question: why? Answer:", ALL_SETTINGS)
+    by_name = {tensor.name(): tensor for tensor in inputs}
+    assert set(by_name) == {IMAGE.name, TEXT_INPUT.name, *GENERATION_INPUT_NAMES}
+    for spec in (IMAGE, TEXT_INPUT, *GENERATION_INPUTS):
+        tensor = by_name[spec.name]
+        assert tensor.datatype() == WIRE_TYPES[spec.triton_type], spec.name
+        assert list(tensor.shape()) == [1, 1], spec.name
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_tensors_for_a_plain_caption(protocol):
+    inputs = _tensors.build_inputs(protocol, b"img", None, GenerationSettings())
+    assert [tensor.name() for tensor in inputs] == [IMAGE.name]
+    outputs = _tensors.requested_outputs(protocol)
+    assert [output.name() for output in outputs] == ["text_output"]
+
+
+def test_request_arrays_values_and_dtypes():
+    arrays = _tensors.request_arrays("é".encode() + b"\x00img", "Question: où? Answer:", ALL_SETTINGS)
+    assert arrays["image"].dtype == object and arrays["image"][0, 0] == "é".encode() + b"\x00img"
+    assert arrays["text_input"][0, 0] == "Question: où? Answer:".encode()
+    for spec in GENERATION_INPUTS:
+        array = arrays[spec.name]
+        assert array.shape == (1, 1)
+        assert array.dtype == np.dtype(spec.numpy_dtype), spec.name
+    assert arrays["random_seed"][0, 0] == 2**63 + 5
+    assert arrays["temperature"][0, 0] == np.float32(0.7)
+    assert arrays["max_tokens"][0, 0] == 20
+
+
+def test_request_arrays_type_checks():
+    with pytest.raises(TypeError, match="image"):
+        _tensors.request_arrays("not bytes", None, GenerationSettings())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="prompt"):
+        _tensors.request_arrays(b"x", b"bytes prompt", GenerationSettings())  # type: ignore[arg-type]
+
+
+def test_grpc_tensor_payload_is_the_serialised_bytes():
+    inputs = _tensors.build_inputs("grpc", b"abc", "hi", GenerationSettings(max_tokens=7))
+    raw = {tensor.name(): tensor._get_content() for tensor in inputs}
+    assert raw["image"] == serialize_byte_tensor(np.array([[b"abc"]], dtype=object)).item()
+    assert np.frombuffer(raw["max_tokens"], dtype=np.int32).tolist() == [7]
+
+
+def test_read_text_from_a_grpc_result():
+    from tritonclient.grpc import InferResult, service_pb2
+
+    response = service_pb2.ModelInferResponse()
+    output = response.outputs.add()
+    output.name, output.datatype = "text_output", "BYTES"
+    output.shape.extend([1, 1])
+    text = "a red sun over green ground — ünïcode"
+    response.raw_output_contents.append(
+        serialize_byte_tensor(np.array([[text.encode()]], dtype=object)).item()
+    )
+    assert _tensors.read_text(InferResult(response)) == text
+
+
+def test_read_text_from_an_http_result():
+    from tritonclient.http import InferResult
+
+    body = json.dumps(
+        {"outputs": [{"name": "text_output", "datatype": "BYTES", "shape": [1, 1], "data": ["a boat"]}]}
+    ).encode()
+    assert _tensors.read_text(InferResult.from_response_body(body)) == "a boat"
+
+
+def test_read_text_rejects_a_missing_output():
+    class Empty:
+        def as_numpy(self, name):
+            return None
+
+    with pytest.raises(ValueError, match="text_output"):
+        _tensors.read_text(Empty())
+
+
+def test_unknown_protocol():
+    with pytest.raises(ValueError, match="protocol"):
+        _tensors.build_inputs("websocket", b"x", None, GenerationSettings())
+
+
+# -- images --------------------------------------------------------------------------------------
+def test_image_from_path_str_and_path_is_read_as_is():
+    path = SAMPLES / "sky_circle.jpg"
+    assert image_bytes(path) == path.read_bytes()
+    assert image_bytes(str(path)) == path.read_bytes()
+
+
+def test_image_from_bytes_is_sent_as_is():
+    assert image_bytes(b"not even an image") == b"not even an image"
+    assert image_bytes(bytearray(b"abc")) == b"abc"
+    assert image_bytes(memoryview(b"abc")) == b"abc"
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "P", "I;16"])
+def test_pil_image_is_encoded_losslessly_as_png(mode):
+    image = Image.linear_gradient("L").resize((37, 23)).convert("RGB" if mode != "I;16" else "I")
+    image = image.convert(mode) if mode != "I;16" else Image.open(SAMPLES / "gray16_ramp.png")
+    data = image_bytes(image)
+    assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    decoded = Image.open(io.BytesIO(data))
+    assert decoded.size == image.size
+    assert np.array_equal(np.asarray(decoded), np.asarray(image))
+
+
+def test_missing_image_file(tmp_path):
+    with pytest.raises(InvalidImageError, match="not found"):
+        image_bytes(tmp_path / "nope.jpg")
+    with pytest.raises(InvalidImageError, match="directory"):
+        image_bytes(tmp_path)
+
+
+def test_unsupported_image_object():
+    with pytest.raises(InvalidImageError, match="unsupported image type int"):
+        image_bytes(3)  # type: ignore[arg-type]
+    assert issubclass(InvalidImageError, Blip2ClientError)
+
+
+# -- prompts -------------------------------------------------------------------------------------
+def test_vqa_prompts():
+    assert vqa_prompt("opt", "what is this?") == "Question: what is this? Answer:"
+    assert vqa_prompt("t5", "what is this?") == "Question: what is this? Short answer:"
+
+
+def test_chat_prompt_without_history_is_the_vqa_prompt():
+    for family in ("opt", "t5"):
+        assert chat_prompt(family, [], "why?") == vqa_prompt(family, "why?")
+
+
+def test_chat_prompt_opt_follows_lavis():
+    history = [("what is in the sky?", "a sun"), ("what colour is it?", "red")]
+    assert chat_prompt("opt", history, "is it day?") == (
+        "Question: what is in the sky? Answer: a sun. Question: what colour is it? Answer: red."
+        " Question: is it day? Answer:"
+    )
+
+
+def test_chat_prompt_t5():
+    assert (
+        chat_prompt("t5", [("a?", "b")], "c?") == "Question: a? Short answer: b. Question: c? Short answer:"
+    )
+
+
+def test_unknown_family():
+    with pytest.raises(ValueError, match="llama"):
+        vqa_prompt("llama", "q")
+    with pytest.raises(ValueError, match="llama"):
+        chat_prompt("llama", [], "q")
+
+
+def test_family_from_grpc_and_http_configs():
+    grpc_config = {"config": {"name": "blip2_llm", "parameters": {"llm_family": {"string_value": "t5"}}}}
+    http_config = {"name": "blip2_llm", "parameters": {"llm_family": {"string_value": "opt"}}}
+    assert family_from_model_config(grpc_config) == "t5"
+    assert family_from_model_config(http_config) == "opt"
+
+
+def test_family_defaults_to_opt_when_absent():
+    assert family_from_model_config({"config": {"name": "blip2_llm"}}) == "opt"
+    assert family_from_model_config({"parameters": {"device": {"string_value": "cpu"}}}) == "opt"
+    assert family_from_model_config({"parameters": {"llm_family": {"string_value": ""}}}) == "opt"
+
+
+def test_unknown_family_from_the_server_is_a_client_error():
+    with pytest.raises(ServerError, match="llm_family"):
+        llm_family_from_config({"parameters": {"llm_family": {"string_value": "llama"}}})
+
+
+# -- errors --------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("status", "expected", "code"),
+    [
+        ("StatusCode.INVALID_ARGUMENT", InvalidRequestError, "INVALID_ARGUMENT"),
+        ("StatusCode.UNAVAILABLE", ServerUnavailableError, "UNAVAILABLE"),
+        ("StatusCode.DEADLINE_EXCEEDED", InferenceTimeoutError, "DEADLINE_EXCEEDED"),
+        ("StatusCode.CANCELLED", RequestCancelledError, "CANCELLED"),
+        ("StatusCode.INTERNAL", ServerError, "INTERNAL"),
+        ("StatusCode.NOT_FOUND", ServerError, "NOT_FOUND"),
+        ("400", InvalidRequestError, "400"),
+        ("503", ServerUnavailableError, "503"),
+        ("504", InferenceTimeoutError, "504"),
+        ("500", ServerError, "500"),
+    ],
+)
+def test_error_mapping(status, expected, code):
+    exc = InferenceServerException(msg="'max_tokens' must be\n in [1, 512], got 0", status=status)
+    mapped = map_triton_error(exc)
+    assert type(mapped) is expected
+    assert isinstance(mapped, Blip2ClientError)
+    assert mapped.message == "'max_tokens' must be in [1, 512], got 0"
+    assert str(mapped) == mapped.message
+    assert mapped.status == code
+
+
+def test_error_mapping_without_status():
+    assert (
+        type(map_triton_error(InferenceServerException("failed to obtain inference response"))) is ServerError
+    )
+    timeout = map_triton_error(InferenceServerException("Deadline Exceeded"))
+    assert type(timeout) is InferenceTimeoutError and timeout.status is None
+
+
+def test_transport_errors_are_mapped():
+    assert type(map_triton_error(ConnectionRefusedError(111, "Connection refused"))) is ServerUnavailableError
+    assert type(map_triton_error(TimeoutError())) is InferenceTimeoutError
+    assert type(map_triton_error(asyncio.TimeoutError())) is InferenceTimeoutError
+    mapped = InvalidRequestError("x")
+    assert map_triton_error(mapped) is mapped
+
+
+def test_translated_errors_chains_and_sets_the_index():
+    with pytest.raises(InvalidRequestError) as info, translated_errors(index=4):
+        raise InferenceServerException(msg="bad image", status="StatusCode.INVALID_ARGUMENT")
+    assert info.value.index == 4
+    assert isinstance(info.value.__cause__, InferenceServerException)
+    with pytest.raises(KeyError), translated_errors():
+        raise KeyError("not a transport error")
+
+
+# -- options -------------------------------------------------------------------------------------
+def test_client_options_defaults_and_urls():
+    grpc = ClientOptions.create(None, "grpc", "blip2", 60.0, 30.0, 16)
+    assert grpc.url == "localhost:8001"
+    http = ClientOptions.create(None, "HTTP", "blip2", 60.0, 30.0, 16)
+    assert (http.url, http.protocol) == ("localhost:8000", "http")
+    assert ClientOptions.create("http://host:9000/", "http", "blip2", 1, 1, 1).url == "host:9000"
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"protocol": "ws"},
+        {"inference_timeout_s": 0},
+        {"init_timeout_s": -1.0},
+        {"max_concurrency": 0},
+        {"model_name": ""},
+    ],
+)
+def test_client_options_rejected(kwargs):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        Blip2Client("localhost:1", **kwargs)
+
+
+def test_batch_prompts():
+    assert batch_prompts(None, 2) == [None, None]
+    assert batch_prompts("p", 3) == ["p", "p", "p"]
+    assert batch_prompts(["a", None], 2) == ["a", None]
+    with pytest.raises(ValueError, match="2 prompts for 3 images"):
+        batch_prompts(["a", "b"], 3)
+
+
+# -- a server that is not there ------------------------------------------------------------------
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_closed_port_is_server_unavailable(protocol):
+    image = SAMPLES / "sky_circle.jpg"
+    with Blip2Client(f"localhost:{closed_port()}", protocol=protocol, init_timeout_s=5) as client:
+        assert client.is_ready() is False
+        with pytest.raises(ServerUnavailableError):
+            client.caption(image)
+        with pytest.raises(ServerUnavailableError) as info:
+            client.caption_batch([image, image])
+        assert info.value.index == 0
+        with pytest.raises(ServerUnavailableError, match=r"not ready after 0\.3 s"):
+            client.wait_until_ready(0.3)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_async_closed_port_is_server_unavailable(protocol):
+    image = SAMPLES / "sky_circle.jpg"
+
+    async def main():
+        async with AsyncBlip2Client(
+            f"localhost:{closed_port()}", protocol=protocol, init_timeout_s=5
+        ) as client:
+            assert await client.is_ready() is False
+            with pytest.raises(ServerUnavailableError):
+                await client.caption(image)
+            with pytest.raises(ServerUnavailableError):
+                await client.caption_batch([image, image])
+
+    asyncio.run(main())
+
+
+def test_closed_client_raises():
+    client = Blip2Client("localhost:1")
+    client.close()
+    client.close()
+    with pytest.raises(Blip2ClientError, match="closed"):
+        client.caption(b"x")
+    assert client.is_ready() is False
+
+
+def test_generation_keywords_are_checked_before_sending():
+    with Blip2Client(f"localhost:{closed_port()}") as client:
+        with pytest.raises(TypeError, match="max_new_tokens"):
+            client.caption(b"x", max_new_tokens=3)
+        with pytest.raises(InvalidImageError):
+            client.caption(Path("/nonexistent/image.png"))
+
+
+# -- CLI -----------------------------------------------------------------------------------------
+@pytest.fixture()
+def parser():
+    parser = argparse.ArgumentParser(prog="blip2-triton")
+    command.add_parser(parser.add_subparsers(dest="command"))
+    return parser
+
+
+def test_cli_caption_arguments(parser):
+    args = parser.parse_args(
+        [
+            "caption",
+            "a.jpg",
+            "b.png",
+            "--prompt",
+            "a photo of",
+            "--url",
+            "host:1234",
+            "--protocol",
+            "http",
+            "--max-tokens",
+            "12",
+            "--beam-width",
+            "3",
+            "--temperature",
+            "0.5",
+            "--top-p",
+            "0.9",
+            "--top-k",
+            "7",
+            "--seed",
+            "42",
+            "--json",
+        ]
+    )
+    assert args.images == ["a.jpg", "b.png"]
+    assert (args.prompt, args.url, args.protocol, args.json) == ("a photo of", "host:1234", "http", True)
+    assert command.settings_from_args(args) == GenerationSettings(
+        max_tokens=12, beam_width=3, temperature=0.5, top_p=0.9, top_k=7, random_seed=42
+    )
+    assert args.func is command.run_caption
+    assert Blip2ClientError in args.expected_errors
+
+
+def test_cli_ask_arguments_and_defaults(parser):
+    args = parser.parse_args(["ask", "a.jpg", "what is it?"])
+    assert (args.image, args.question) == ("a.jpg", "what is it?")
+    assert (args.url, args.protocol, args.model, args.json) == (None, "grpc", "blip2", False)
+    assert command.settings_from_args(args) == GenerationSettings()
+    assert args.func is command.run_ask
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["caption"],
+        ["ask", "a.jpg"],
+        ["caption", "a.jpg", "--max-tokens", "ten"],
+        ["caption", "a", "--protocol", "x"],
+    ],
+)
+def test_cli_usage_errors(parser, argv):
+    with pytest.raises(SystemExit) as info:
+        parser.parse_args(argv)
+    assert info.value.code == 2
+
+
+def test_cli_missing_image_is_a_one_line_error(tmp_path, capsys):
+    assert cli.main(["caption", str(tmp_path / "missing.jpg"), "--url", "localhost:1"]) == 1
+    err = capsys.readouterr().err
+    assert err == f"blip2-triton: error: image file not found: {tmp_path / 'missing.jpg'}\n"
+    assert cli.main(["ask", str(tmp_path), "why?"]) == 1
+    assert capsys.readouterr().err == f"blip2-triton: error: image file is not a file: {tmp_path}\n"
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_cli_unreachable_server_is_a_one_line_error(capsys, protocol):
+    image = str(SAMPLES / "sky_circle.jpg")
+    argv = ["caption", image, "--url", f"localhost:{closed_port()}", "--protocol", protocol]
+    assert cli.main(argv) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"blip2-triton: error: {image}: "), captured.err
+
+
+def test_empty_batch_sends_nothing():
+    with Blip2Client(f"localhost:{closed_port()}") as client:
+        assert client.caption_batch([]) == []
+
+    async def main():
+        async with AsyncBlip2Client(f"localhost:{closed_port()}", protocol="http") as client:
+            return await client.caption_batch([])
+
+    assert asyncio.run(main()) == []
