@@ -13,7 +13,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-CORPUS_WORDS = (
+CORPUS_WORDS = (  # noqa: SIM905 - one readable block of words
     "a an the photo picture image of with and on in at near under over two three many small large red "
     "green blue yellow white black dog cat bird horse car bus tree house street beach sky water field "
     "man woman child people sitting standing running eating playing holding table plate food pizza "
@@ -80,6 +80,40 @@ def build_opt_tokenizer(spec: TinySpec):
     )
 
 
+def build_t5_tokenizer(spec: TinySpec):
+    """A BPE tokenizer with T5's special tokens (pad ``<pad>`` = 0, eos ``</s>`` = 1, unk ``<unk>`` = 2).
+
+    Like ``T5TokenizerFast`` it appends ``</s>`` to every encoded text (no BOS) and pads on the
+    right; Metaspace keeps generated text readable. ``model_max_length`` 512 as Flan-T5's.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    special = ["<pad>", "</s>", "<unk>"]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.BpeTrainer(
+        vocab_size=spec.vocab_target,
+        special_tokens=special,
+        initial_alphabet=PRINTABLE,
+        show_progress=False,
+    )
+    tok.train_from_iterator(_corpus(spec.seed), trainer)
+    eos = tok.token_to_id("</s>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", eos)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        padding_side="right",
+        model_max_length=512,
+    )
+
+
 def _vision_qformer_configs(spec: TinySpec):
     from transformers import Blip2QFormerConfig, Blip2VisionConfig
 
@@ -105,25 +139,37 @@ def _vision_qformer_configs(spec: TinySpec):
     return vision, qformer
 
 
-def build_tiny_opt(output_dir: str | Path, spec: TinySpec | None = None) -> Path:
-    """Write a tiny ``Blip2ForConditionalGeneration`` (OPT) checkpoint and its processor."""
-    import torch
-    from transformers import (
-        Blip2Config,
-        Blip2ForConditionalGeneration,
-        Blip2Processor,
-        BlipImageProcessor,
-        OPTConfig,
-    )
+def _processor(tokenizer, spec: TinySpec):
+    """``Blip2Processor`` over ``tokenizer``; it adds the ``<image>`` token as the real one does."""
+    from transformers import Blip2Processor, BlipImageProcessor
 
-    spec = spec or TinySpec()
-    output_dir = Path(output_dir)
-    tokenizer = build_opt_tokenizer(spec)
-    processor = Blip2Processor(
+    return Blip2Processor(
         image_processor=BlipImageProcessor(size={"height": spec.image_size, "width": spec.image_size}),
         tokenizer=tokenizer,
         num_query_tokens=spec.num_query_tokens,
     )
+
+
+def _strengthen_image(model, spec: TinySpec) -> None:
+    """Stronger vision and cross-attention weights, so that different images give different texts.
+
+    Random init leaves the image almost without influence on the text.
+    """
+    for name, param in model.named_parameters():
+        if param.dim() >= 2 and (name.startswith("vision_model.") or "crossattention" in name):
+            param.mul_(spec.image_influence)
+    model.language_projection.weight.mul_(spec.image_influence)
+
+
+def build_tiny_opt(output_dir: str | Path, spec: TinySpec | None = None) -> Path:
+    """Write a tiny ``Blip2ForConditionalGeneration`` (OPT) checkpoint and its processor."""
+    import torch
+    from transformers import Blip2Config, Blip2ForConditionalGeneration, OPTConfig
+
+    spec = spec or TinySpec()
+    output_dir = Path(output_dir)
+    tokenizer = build_opt_tokenizer(spec)
+    processor = _processor(tokenizer, spec)
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
     vision, qformer = _vision_qformer_configs(spec)
     text = OPTConfig(
@@ -152,12 +198,7 @@ def build_tiny_opt(output_dir: str | Path, spec: TinySpec | None = None) -> Path
         # A larger output projection spreads the logits, so top-1 margins are clear.
         model.language_model.get_output_embeddings().weight.mul_(spec.logit_scale)
         model.query_tokens.normal_(0.0, 1.0)
-        # Random init leaves the image almost without influence on the text; stronger vision and
-        # cross-attention weights make different images give different captions.
-        for name, param in model.named_parameters():
-            if param.dim() >= 2 and (name.startswith("vision_model.") or "crossattention" in name):
-                param.mul_(spec.image_influence)
-        model.language_projection.weight.mul_(spec.image_influence)
+        _strengthen_image(model, spec)
         _pick_stop_token(model, processor, spec)
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
@@ -170,6 +211,19 @@ def _pick_stop_token(model, processor, spec: TinySpec) -> None:
     Salesforce's OPT checkpoints stop on a newline (``text_config.eos_token_id``); a random model
     would otherwise never stop early, leaving the end-of-sequence handling untested.
     """
+    stop = _stop_candidate(model, processor, spec, prompt_length=spec.num_query_tokens + 1)
+    if stop is None:
+        return
+    model.config.text_config.eos_token_id = stop
+    model.language_model.config.eos_token_id = stop
+    model.language_model.generation_config.eos_token_id = stop
+
+
+def _stop_candidate(model, processor, spec: TinySpec, prompt_length: int) -> int | None:
+    """A token that greedy captions of random images emit mid-sentence, in some but not all of them.
+
+    ``prompt_length``: leading positions of ``generate``'s output that are not new tokens.
+    """
     import numpy as np
     import torch
     from PIL import Image
@@ -178,7 +232,7 @@ def _pick_stop_token(model, processor, spec: TinySpec) -> None:
     images = [Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)) for _ in range(6)]
     inputs = processor(images=images, return_tensors="pt")
     with torch.no_grad():
-        sequences = model.generate(**inputs, max_new_tokens=24, do_sample=False)[:, spec.num_query_tokens + 1 :]
+        sequences = model.generate(**inputs, max_new_tokens=24, do_sample=False)[:, prompt_length:]
     first_seen: dict[int, list[int]] = {}
     for row in sequences.tolist():
         for position, token in enumerate(row):
@@ -188,18 +242,84 @@ def _pick_stop_token(model, processor, spec: TinySpec) -> None:
                     first_seen[token].append(position)
     candidates = [t for t, seen in first_seen.items() if 2 <= len(seen) <= 4]
     if not candidates:
+        return None
+    return min(candidates, key=lambda t: (abs(min(first_seen[t]) - 8), t))
+
+
+def build_tiny_t5(output_dir: str | Path, spec: TinySpec | None = None) -> Path:
+    """Write a tiny Flan-T5-style ``Blip2ForConditionalGeneration`` checkpoint and its processor.
+
+    The text config is what Salesforce's BLIP-2 Flan-T5 checkpoints have, in small: gated-GELU
+    feed-forward, relative attention, pad 0 = decoder start, eos 1, an untied ``lm_head`` (no
+    output rescaling) and ``bos_token_id`` 1, which transformers' BLIP-2 conversion sets for
+    Flan-T5 and ``generate`` appends to the image tokens when there is no prompt.
+    """
+    import torch
+    from transformers import Blip2Config, Blip2ForConditionalGeneration, T5Config
+
+    spec = spec or TinySpec(family="t5")
+    output_dir = Path(output_dir)
+    tokenizer = build_t5_tokenizer(spec)
+    processor = _processor(tokenizer, spec)
+    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+    vision, qformer = _vision_qformer_configs(spec)
+    text = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=spec.llm_hidden,
+        d_kv=spec.llm_hidden // 4,
+        d_ff=spec.llm_hidden * 2,
+        num_layers=spec.llm_layers,
+        num_heads=4,
+        relative_attention_num_buckets=32,
+        relative_attention_max_distance=128,
+        feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=1,
+        decoder_start_token_id=0,
+    )
+    config = Blip2Config(
+        vision_config=vision.to_dict(),
+        qformer_config=qformer.to_dict(),
+        text_config=text.to_dict(),
+        num_query_tokens=spec.num_query_tokens,
+        image_token_index=image_token_id,
+    )
+    torch.manual_seed(spec.seed)
+    model = Blip2ForConditionalGeneration(config).eval()
+    language_model = model.language_model
+    with torch.no_grad():
+        # transformers 5 builds T5 with a tied head; Flan-T5 checkpoints store their own, larger one.
+        head = torch.randn(language_model.lm_head.weight.shape) * (spec.logit_scale / spec.llm_hidden**0.5)
+        language_model.lm_head.weight = torch.nn.Parameter(head)
+        model.query_tokens.normal_(0.0, 1.0)
+        _strengthen_image(model, spec)
+        _move_stop_token(model, processor, spec)
+    model.save_pretrained(output_dir)
+    processor.save_pretrained(output_dir)
+    return output_dir
+
+
+def _move_stop_token(model, processor, spec: TinySpec) -> None:
+    """Make the model emit ``</s>`` where it would emit some mid-sentence token (T5's eos is fixed).
+
+    Swapping the two rows of ``lm_head`` leaves a text unchanged up to the first occurrence of the
+    chosen token, which becomes the end; without it a random model would almost never stop early.
+    """
+    stop = _stop_candidate(model, processor, spec, prompt_length=1)  # after the decoder start token
+    if stop is None:
         return
-    stop = min(candidates, key=lambda t: (abs(min(first_seen[t]) - 8), t))
-    model.config.text_config.eos_token_id = stop
-    model.language_model.config.eos_token_id = stop
-    model.language_model.generation_config.eos_token_id = stop
+    eos = model.config.text_config.eos_token_id
+    weight = model.language_model.lm_head.weight
+    weight[[eos, stop]] = weight[[stop, eos]].clone()
 
 
-BUILDERS = {"opt": build_tiny_opt}
+BUILDERS = {"opt": build_tiny_opt, "t5": build_tiny_t5}
 
 
 def build_tiny_checkpoint(output_dir: str | Path, family: str = "opt", **overrides) -> Path:
-    """Build a tiny checkpoint of a family ("opt", ...) into ``output_dir``."""
+    """Build a tiny checkpoint of a family ("opt", "t5") into ``output_dir``."""
     if family not in BUILDERS:
         raise ValueError(f"unknown tiny checkpoint family {family!r}; choose from {sorted(BUILDERS)}")
     return BUILDERS[family](output_dir, TinySpec(family=family, **overrides))

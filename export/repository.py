@@ -13,8 +13,8 @@ from typing import Any
 from blip2_triton.runtime import contract as C
 from blip2_triton.runtime.engine import LlmSettings
 
-from .checkpoint import LoadedCheckpoint, load_generation_checkpoint
-from .configs import tensor_block, template_dir, validate_repository, write_config
+from .checkpoint import LoadedCheckpoint, language_model_family, load_generation_checkpoint, load_pretrained
+from .configs import template_dir, tensor_block, validate_repository, write_config
 from .errors import ExportError
 from .manifest import write_manifest
 from .onnx_vision import OPSET, export_vision_onnx, verify_vision_onnx
@@ -44,7 +44,9 @@ class ExportOptions:
         if self.vision_backend not in VISION_BACKENDS:
             raise ExportError(f"--vision-backend must be one of {', '.join(VISION_BACKENDS)}")
         if self.dtype == "fp16" and self.device == "cpu" and not self.force:
-            raise ExportError("--dtype fp16 needs a GPU (--device cuda); on CPU use fp32 or bf16, or pass --force")
+            raise ExportError(
+                "--dtype fp16 needs a GPU (--device cuda); on CPU use fp32 or bf16, or pass --force"
+            )
 
 
 class Progress:
@@ -67,7 +69,9 @@ def copy_runtime(destination: Path) -> None:
         from importlib.resources import files
 
         source = Path(str(files("blip2_triton.runtime")))
-    shutil.copytree(source, destination / RUNTIME_PACKAGE, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(
+        source, destination / RUNTIME_PACKAGE, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+    )
 
 
 def _template_values(ckpt: LoadedCheckpoint, options: ExportOptions) -> dict[str, Any]:
@@ -90,7 +94,9 @@ def _template_values(ckpt: LoadedCheckpoint, options: ExportOptions) -> dict[str
         "ensemble_outputs": tensor_block(C.ENSEMBLE_OUTPUTS),
         "llm_inputs": tensor_block(llm_inputs),
         "llm_outputs": tensor_block(C.ENSEMBLE_OUTPUTS),
-        "llm_input_map": "\n".join(f'      input_map {{ key: "{t.name}" value: "{t.name}" }}' for t in llm_inputs),
+        "llm_input_map": "\n".join(
+            f'      input_map {{ key: "{t.name}" value: "{t.name}" }}' for t in llm_inputs
+        ),
     }
 
 
@@ -104,7 +110,9 @@ def _write_preprocess(ckpt: LoadedCheckpoint, values: dict, templates: Path, out
     ckpt.processor.image_processor.save_pretrained(version / "image_processor")
 
 
-def _write_vision(ckpt: LoadedCheckpoint, values: dict, templates: Path, out: Path, options, progress) -> float:
+def _write_vision(
+    ckpt: LoadedCheckpoint, values: dict, templates: Path, out: Path, options, progress
+) -> float:
     model_dir = out / C.VISION_MODEL
     template = templates / C.VISION_MODEL / f"config.{options.vision_backend}.pbtxt.tmpl"
     write_config(template, values, model_dir)
@@ -135,7 +143,7 @@ def _write_llm(ckpt: LoadedCheckpoint, values: dict, templates: Path, out: Path,
         family=ckpt.family,
         image_token_id=int(ckpt.model.config.image_token_id),
         num_query_tokens=ckpt.num_query_tokens,
-        bos_token_id=text_config.bos_token_id,
+        bos_token_id=getattr(text_config, "bos_token_id", None),  # T5 configs may have none
         dtype=options.dtype,
     ).save(version)
 
@@ -146,13 +154,32 @@ def _write_ensemble(values: dict, templates: Path, out: Path) -> None:
     (model_dir / "1").mkdir(parents=True)
 
 
-def export_repository(source: str, output: str | Path, options: ExportOptions | None = None, quiet=False) -> dict:
+T5_FP16_REFUSAL = (
+    "--dtype fp16 is refused for Flan-T5 checkpoints: T5 overflows in fp16 (garbage or identical "
+    "answers); use --dtype bf16 or fp32, or pass --force"
+)
+
+
+def refuse_fp16_for_t5(source: str) -> None:
+    """Raise the one-line refusal when ``source`` is a T5 checkpoint (reads its config only)."""
+    from transformers import AutoConfig
+
+    config = load_pretrained(AutoConfig, source)
+    if getattr(config, "model_type", None) == "blip-2" and language_model_family(config) == "t5":
+        raise ExportError(T5_FP16_REFUSAL)
+
+
+def export_repository(
+    source: str, output: str | Path, options: ExportOptions | None = None, quiet=False
+) -> dict:
     """Export the checkpoint ``source`` into a new model repository at ``output``; returns the manifest.
 
     The repository is written to a temporary folder beside ``output`` and moved into place only
     once every config validates, so a failed export leaves nothing half-written.
     """
     options = options or ExportOptions()
+    if options.dtype == "fp16" and not options.force:
+        refuse_fp16_for_t5(source)
     options.check()
     output = Path(output).expanduser().resolve()
     if output.exists() and any(output.iterdir()):

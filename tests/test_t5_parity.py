@@ -1,0 +1,295 @@
+"""Flan-T5 BLIP-2 (encoder-decoder LLM stage): served text equals transformers, string for string.
+
+A tiny T5-style checkpoint is built here, exported, the repository moved elsewhere and the
+checkpoint deleted (relocation), and a real tritonserver serves it through the same public `blip2`
+ensemble as OPT. The parity matrix, the generation settings, bad inputs and the fp16 refusal are
+checked against it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import tritonclient.grpc as grpcclient
+
+from .conftest import ROOT, SAMPLES, ServedModel, start_server
+from .reference import GenerationReference
+from .triton_requests import batch_statistics, infer_concurrently
+
+pytestmark = pytest.mark.server
+
+VQA_PROMPT = "Question: what is in the picture? Short answer:"
+SHORT_PROMPT = "a photo of"
+LONG_PROMPT = "Question: what colour is the large object near the middle of this small image? Short answer:"
+DECODING = {"greedy": {}, "beam3": {"beam_width": 3}}
+# Different sizes, formats and modes: palette PNG, TIFF, WebP, 16-bit grey PNG, RGBA PNG, CMYK JPEG,
+# BMP, animated GIF.
+MATRIX_IMAGES = (
+    "checkerboard_palette.png",
+    "colour_tiles.tif",
+    "gradient_square.webp",
+    "gray16_ramp.png",
+    "green_stripes_rgba.png",
+    "house_cmyk.jpg",
+    "sailboat.bmp",
+    "traffic_light.gif",
+)
+# The server waits this long to fill a batch, so that requests sent together share one.
+QUEUE_DELAY_US = 50_000
+FIGURES = ROOT / ".work" / "figures"
+
+
+@pytest.fixture(scope="module")
+def t5_build(tmp_path_factory) -> dict[str, Path]:
+    """A tiny T5 checkpoint, its export, and the export moved elsewhere with the checkpoint deleted."""
+    from blip2_triton.export.repository import ExportOptions, export_repository
+
+    from blip2_triton.tiny import build_tiny_checkpoint
+
+    base = tmp_path_factory.mktemp("t5")
+    checkpoint = build_tiny_checkpoint(base / "checkpoint", "t5", image_size=64)
+    reference_copy = shutil.copytree(checkpoint, base / "reference_checkpoint")
+    exported = base / "exported"
+    options = ExportOptions(max_batch_size=8, queue_delay_us=QUEUE_DELAY_US)
+    export_repository(str(checkpoint), exported, options, quiet=True)
+    moved = base / "moved" / "repository"
+    moved.parent.mkdir()
+    shutil.move(exported, moved)
+    shutil.rmtree(checkpoint)
+    return {"repository": moved, "reference_checkpoint": reference_copy}
+
+
+@pytest.fixture(scope="module")
+def t5_server(t5_build, tmp_path_factory):
+    reference = GenerationReference(t5_build["reference_checkpoint"])
+    server = start_server(t5_build["repository"], tmp_path_factory.mktemp("logs") / "t5-server.log")
+    try:
+        yield ServedModel(server, t5_build["repository"], reference)
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def images() -> dict[str, bytes]:
+    return {name: (SAMPLES / name).read_bytes() for name in MATRIX_IMAGES}
+
+
+def _assert_rejected(outcome, fragment: str) -> None:
+    assert outcome.status == "StatusCode.INVALID_ARGUMENT", outcome
+    assert fragment in outcome.message, outcome.message
+    assert "\n" not in outcome.message and "Traceback" not in outcome.message
+
+
+def test_checkpoint_is_flan_t5_shaped(t5_build):
+    from transformers import AutoConfig, AutoTokenizer
+
+    text = AutoConfig.from_pretrained(t5_build["reference_checkpoint"]).text_config
+    assert (text.model_type, text.decoder_start_token_id, text.pad_token_id, text.eos_token_id) == (
+        "t5",
+        0,
+        0,
+        1,
+    )
+    assert text.bos_token_id == 1  # what transformers' BLIP-2 conversion sets for Flan-T5
+    tokenizer = AutoTokenizer.from_pretrained(t5_build["reference_checkpoint"])
+    assert tokenizer.convert_ids_to_tokens([0, 1, 2]) == ["<pad>", "</s>", "<unk>"]
+    assert tokenizer("a photo of")["input_ids"][-1] == 1
+    assert tokenizer("")["input_ids"] == [1]
+
+
+def test_served_llm_stage_says_t5(t5_server):
+    client = grpcclient.InferenceServerClient(t5_server.grpc_url)
+    try:
+        config = client.get_model_config("blip2_llm", as_json=True)["config"]
+    finally:
+        client.close()
+    assert config["parameters"]["llm_family"]["string_value"] == "t5"
+
+
+def _cases() -> list[tuple[str, str | None, dict, str, str]]:
+    """(image, prompt or None, settings, decoding, kind); each group of four is sent at once."""
+    cases = []
+    for name in MATRIX_IMAGES:
+        for decoding, settings in DECODING.items():
+            cases.append((name, None, settings, decoding, "caption"))
+            cases.append((name, VQA_PROMPT, settings, decoding, "vqa"))
+            cases.append((name, SHORT_PROMPT, settings, decoding, "pair"))
+            cases.append((name, LONG_PROMPT, settings, decoding, "pair"))
+    return cases
+
+
+def test_parity_matrix_equals_transformers(t5_server, images):
+    cases = _cases()
+    before = batch_statistics(t5_server.grpc_url, "blip2_llm")
+    served = []
+    # Each (image, decoding) group of four goes at once: the two prompts of different lengths (and
+    # the caption and VQA requests) reach the LLM stage together and share its batch.
+    for start in range(0, len(cases), 4):
+        group = cases[start : start + 4]
+        requests = [
+            {"image": images[name], "prompt": prompt, **settings} for name, prompt, settings, *_ in group
+        ]
+        served.extend(infer_concurrently(t5_server.grpc_url, requests))
+    after = batch_statistics(t5_server.grpc_url, "blip2_llm")
+
+    t5_server.reference_model.margins.clear()
+    mismatches, counts, expected_texts = [], {}, []
+    for (name, prompt, settings, decoding, kind), outcome in zip(cases, served, strict=True):
+        expected = t5_server.reference(images[name], prompt, **settings)
+        expected_texts.append(expected)
+        key = f"{kind}/{decoding}"
+        counts.setdefault(key, [0, 0])
+        counts[key][1] += 1
+        if outcome.text == expected:
+            counts[key][0] += 1
+        else:
+            mismatches.append((name, prompt, decoding, outcome, expected))
+    margins = t5_server.reference_model.margins
+    inferences, executions = after[0] - before[0], after[1] - before[1]
+    figures = {
+        "family": "t5",
+        "cases": len(cases),
+        "equal": len(cases) - len(mismatches),
+        "by_kind": {k: f"{v[0]}/{v[1]}" for k, v in counts.items()},
+        "smallest_greedy_margin": min(margins),
+        "greedy_steps_checked": len(margins),
+        "llm_inferences": inferences,
+        "llm_executions": executions,
+        "distinct_captions": len(
+            {t for t, c in zip(expected_texts, cases, strict=True) if c[4] == "caption"}
+        ),
+    }
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    (FIGURES / "t5_parity.json").write_text(json.dumps(figures, indent=2) + "\n")
+    print("\nT5 parity:", json.dumps(figures))
+    assert not mismatches, mismatches[:3]
+    assert inferences == len(cases)
+    assert executions < inferences, "requests sent together never shared a batch in the LLM stage"
+    assert min(margins) > 1e-3
+    assert figures["distinct_captions"] > 2, "the image barely influences the text"
+
+
+def test_two_prompts_of_different_length_in_one_batch_equal_transformers(t5_server, images):
+    """The pair shares one execution of the LLM stage (right-padded encoder input) and each gets what
+    it gets alone. Sent again if the server happened to split them."""
+    image = images["green_stripes_rgba.png"]
+    requests = [{"image": image, "prompt": SHORT_PROMPT}, {"image": image, "prompt": LONG_PROMPT}]
+    for _ in range(5):
+        before = batch_statistics(t5_server.grpc_url, "blip2_llm")
+        outcomes = infer_concurrently(t5_server.grpc_url, requests)
+        after = batch_statistics(t5_server.grpc_url, "blip2_llm")
+        if (after[0] - before[0], after[1] - before[1]) == (2, 1):
+            break
+    else:
+        pytest.fail("the two requests never shared one execution of blip2_llm")
+    assert [o.text for o in outcomes] == [t5_server.reference(image, r["prompt"]) for r in requests]
+
+
+def test_sampling_with_seed_is_reproducible(t5_server, images):
+    image = images["sailboat.bmp"]
+    settings = {"temperature": 1.0, "top_k": 20, "random_seed": 1234, "max_tokens": 12}
+    first, second, other = infer_concurrently(
+        t5_server.grpc_url,
+        [
+            {"image": image, **settings},
+            {"image": image, **settings},
+            {"image": image, **{**settings, "random_seed": 99}},
+        ],
+    )
+    assert first.text == second.text
+    assert first.text == t5_server.reference(image, None, **settings)
+    assert other.text == t5_server.reference(image, None, **{**settings, "random_seed": 99})
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"max_tokens": 5},
+        {"min_tokens": 12, "max_tokens": 14},
+        {"repetition_penalty": 1.5},
+        {"no_repeat_ngram_size": 2},
+        {"beam_width": 2, "length_penalty": 0.5},
+        {"temperature": 0.7, "top_p": 0.9, "random_seed": 7},
+    ],
+    ids=lambda s: ",".join(s),
+)
+def test_generation_settings_equal_transformers(t5_server, images, settings):
+    image = images["colour_tiles.tif"]
+    (outcome,) = infer_concurrently(t5_server.grpc_url, [{"image": image, "prompt": VQA_PROMPT, **settings}])
+    assert outcome.text == t5_server.reference(image, VQA_PROMPT, **settings)
+
+
+def test_bad_inputs_are_rejected_and_good_neighbours_answered(t5_server, images):
+    good = images["house_cmyk.jpg"]
+    bad_requests = [
+        ({"image": b"hello, this is plain text and no image at all"}, "not a recognised image format"),
+        ({"image": good, "max_tokens": 0}, "'max_tokens' must be between 1 and 512"),
+        ({"image": good, "temperature": math.nan}, "'temperature' must be a finite number"),
+        (
+            {"image": good, "prompt": "a photo of a small red dog " * 80},
+            "the encoder takes at most 512 tokens",
+        ),
+        ({"image": good, "prompt": "a <image> of"}, "must not contain the image token"),
+    ]
+    outcomes = infer_concurrently(
+        t5_server.grpc_url,
+        [request for request, _ in bad_requests] + [{"image": good, "prompt": SHORT_PROMPT}],
+    )
+    for outcome, (_, fragment) in zip(outcomes, bad_requests, strict=False):
+        _assert_rejected(outcome, fragment)
+    assert outcomes[-1].text == t5_server.reference(good, SHORT_PROMPT)
+
+
+def test_engine_without_bos_uses_the_empty_prompt_encoding(t5_server, images):
+    """A T5 checkpoint without ``text_config.bos_token_id`` (transformers' ``generate`` then fails
+    without a prompt) gets what ``Blip2Processor`` gives for the prompt "": image tokens + ``</s>``."""
+    import torch
+
+    from blip2_triton.runtime.engine import GenerationRequest, load_engine
+    from blip2_triton.runtime.generation import parse_settings
+    from blip2_triton.runtime.images import decode_image
+    from blip2_triton.runtime.preprocess import ImagePreprocessor
+    from blip2_triton.runtime.vision import OnnxVisionEncoder
+
+    repository = t5_server.repository
+    engine = load_engine(repository / "blip2_llm" / "1")
+    engine.settings = dataclasses.replace(engine.settings, bos_token_id=None)
+    preprocess = ImagePreprocessor(repository / "blip2_preprocess" / "1" / "image_processor")
+    vision = OnnxVisionEncoder(repository / "blip2_vision" / "1" / "model.onnx")
+    image = images["gradient_square.webp"]
+    (text,) = engine.generate([GenerationRequest(vision(preprocess(image)[None])[0], "", parse_settings({}))])
+
+    reference = t5_server.reference_model
+    inputs = reference.processor(images=decode_image(image), text="", return_tensors="pt")
+    assert inputs["input_ids"][0, -1].item() == 1
+    with torch.inference_mode():
+        sequences = reference.model.generate(**inputs, max_new_tokens=30)
+    assert text == reference.processor.tokenizer.decode(sequences[0], skip_special_tokens=True).strip()
+    assert text == t5_server.reference(image, None)  # the same as with bos_token_id 1
+
+
+def test_fp16_export_is_refused_unless_forced(t5_build, tmp_path):
+    from blip2_triton.export.errors import ExportError
+    from blip2_triton.export.repository import ExportOptions, export_repository
+
+    source = str(t5_build["reference_checkpoint"])
+    for device in ("cpu", "cuda"):
+        with pytest.raises(ExportError) as refused:
+            export_repository(
+                source, tmp_path / f"refused-{device}", ExportOptions(dtype="fp16", device=device)
+            )
+        message = str(refused.value)
+        assert "\n" not in message
+        assert "refused for Flan-T5" in message and "bf16 or fp32" in message and "--force" in message
+        assert not (tmp_path / f"refused-{device}").exists()
+    manifest = export_repository(
+        source, tmp_path / "forced", ExportOptions(dtype="fp16", force=True), quiet=True
+    )
+    assert manifest["dtype"] == "fp16" and manifest["family"] == "t5"
+    settings = json.loads((tmp_path / "forced" / "blip2_llm" / "1" / "llm_settings.json").read_text())
+    assert settings["family"] == "t5" and settings["dtype"] == "fp16"
