@@ -10,6 +10,8 @@ import numpy as np
 
 from .errors import ExportError
 
+# The TorchScript exporter (dynamo=False) gives a graph with a dynamic batch axis that onnxruntime and
+# TensorRT take as is; opset 17 has LayerNormalization as one op.
 OPSET = 17
 TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 5e-2}
 
@@ -55,6 +57,7 @@ def export_vision_onnx(model: Any, image_size: tuple[int, int], path: Path) -> N
         # The tracer's notes on Python-level shape checks and on aten::index are expected here.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message=".*aten::index.*")
+        warnings.simplefilter("ignore", DeprecationWarning)  # dynamo=False is deliberate: see OPSET
         torch.onnx.export(
             module,
             (dummy,),
