@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import pytest
 
 from blip2_triton.server import TritonServer, free_ports
 
+from .parity import build_relocated_repository
 from .reference import GenerationReference
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,24 +51,8 @@ def sample_images() -> list[Path]:
 
 @pytest.fixture(scope="session")
 def opt_build(tmp_path_factory) -> dict[str, Path]:
-    """A tiny OPT checkpoint, its export, and the export moved elsewhere with the checkpoint deleted.
-
-    Every served test then also proves the repository is relocatable and self-contained.
-    """
-    from blip2_triton.export.repository import ExportOptions, export_repository
-
-    from blip2_triton.tiny import build_tiny_checkpoint
-
-    base = tmp_path_factory.mktemp("opt")
-    checkpoint = build_tiny_checkpoint(base / "checkpoint", "opt", image_size=64)
-    reference_copy = shutil.copytree(checkpoint, base / "reference_checkpoint")
-    exported = base / "exported"
-    export_repository(str(checkpoint), exported, ExportOptions(max_batch_size=8), quiet=True)
-    moved = base / "moved" / "repository"
-    moved.parent.mkdir()
-    shutil.move(exported, moved)
-    shutil.rmtree(checkpoint)
-    return {"repository": moved, "reference_checkpoint": reference_copy}
+    """The tiny OPT export, moved elsewhere with its checkpoint deleted (see build_relocated_repository)."""
+    return build_relocated_repository(tmp_path_factory.mktemp("opt"), "opt")
 
 
 @pytest.fixture(scope="session")

@@ -11,57 +11,32 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shutil
 from pathlib import Path
 
 import pytest
 import tritonclient.grpc as grpcclient
 
-from .conftest import ROOT, SAMPLES, ServedModel, start_server
+from .conftest import SAMPLES, ServedModel, start_server
+from .parity import (
+    MATRIX_IMAGES,
+    SHORT_PROMPT,
+    build_relocated_repository,
+    check_parity_figures,
+    run_parity_matrix,
+)
 from .reference import GenerationReference
-from .triton_requests import batch_statistics, infer_concurrently
+from .triton_requests import assert_rejected, batch_statistics, infer_concurrently
 
 pytestmark = pytest.mark.server
 
 VQA_PROMPT = "Question: what is in the picture? Short answer:"
-SHORT_PROMPT = "a photo of"
 LONG_PROMPT = "Question: what colour is the large object near the middle of this small image? Short answer:"
-DECODING = {"greedy": {}, "beam3": {"beam_width": 3}}
-# Different sizes, formats and modes: palette PNG, TIFF, WebP, 16-bit grey PNG, RGBA PNG, CMYK JPEG,
-# BMP, animated GIF.
-MATRIX_IMAGES = (
-    "checkerboard_palette.png",
-    "colour_tiles.tif",
-    "gradient_square.webp",
-    "gray16_ramp.png",
-    "green_stripes_rgba.png",
-    "house_cmyk.jpg",
-    "sailboat.bmp",
-    "traffic_light.gif",
-)
-# The server waits this long to fill a batch, so that requests sent together share one.
-QUEUE_DELAY_US = 50_000
-FIGURES = ROOT / ".work" / "figures"
 
 
 @pytest.fixture(scope="module")
 def t5_build(tmp_path_factory) -> dict[str, Path]:
-    """A tiny T5 checkpoint, its export, and the export moved elsewhere with the checkpoint deleted."""
-    from blip2_triton.export.repository import ExportOptions, export_repository
-
-    from blip2_triton.tiny import build_tiny_checkpoint
-
-    base = tmp_path_factory.mktemp("t5")
-    checkpoint = build_tiny_checkpoint(base / "checkpoint", "t5", image_size=64)
-    reference_copy = shutil.copytree(checkpoint, base / "reference_checkpoint")
-    exported = base / "exported"
-    options = ExportOptions(max_batch_size=8, queue_delay_us=QUEUE_DELAY_US)
-    export_repository(str(checkpoint), exported, options, quiet=True)
-    moved = base / "moved" / "repository"
-    moved.parent.mkdir()
-    shutil.move(exported, moved)
-    shutil.rmtree(checkpoint)
-    return {"repository": moved, "reference_checkpoint": reference_copy}
+    """The tiny T5 export, moved elsewhere with its checkpoint deleted (see build_relocated_repository)."""
+    return build_relocated_repository(tmp_path_factory.mktemp("t5"), "t5")
 
 
 @pytest.fixture(scope="module")
@@ -77,12 +52,6 @@ def t5_server(t5_build, tmp_path_factory):
 @pytest.fixture(scope="module")
 def images() -> dict[str, bytes]:
     return {name: (SAMPLES / name).read_bytes() for name in MATRIX_IMAGES}
-
-
-def _assert_rejected(outcome, fragment: str) -> None:
-    assert outcome.status == "StatusCode.INVALID_ARGUMENT", outcome
-    assert fragment in outcome.message, outcome.message
-    assert "\n" not in outcome.message and "Traceback" not in outcome.message
 
 
 def test_checkpoint_is_flan_t5_shaped(t5_build):
@@ -111,67 +80,9 @@ def test_served_llm_stage_says_t5(t5_server):
     assert config["parameters"]["llm_family"]["string_value"] == "t5"
 
 
-def _cases() -> list[tuple[str, str | None, dict, str, str]]:
-    """(image, prompt or None, settings, decoding, kind); each group of four is sent at once."""
-    cases = []
-    for name in MATRIX_IMAGES:
-        for decoding, settings in DECODING.items():
-            cases.append((name, None, settings, decoding, "caption"))
-            cases.append((name, VQA_PROMPT, settings, decoding, "vqa"))
-            cases.append((name, SHORT_PROMPT, settings, decoding, "pair"))
-            cases.append((name, LONG_PROMPT, settings, decoding, "pair"))
-    return cases
-
-
 def test_parity_matrix_equals_transformers(t5_server, images):
-    cases = _cases()
-    before = batch_statistics(t5_server.grpc_url, "blip2_llm")
-    served = []
-    # Each (image, decoding) group of four goes at once: the two prompts of different lengths (and
-    # the caption and VQA requests) reach the LLM stage together and share its batch.
-    for start in range(0, len(cases), 4):
-        group = cases[start : start + 4]
-        requests = [
-            {"image": images[name], "prompt": prompt, **settings} for name, prompt, settings, *_ in group
-        ]
-        served.extend(infer_concurrently(t5_server.grpc_url, requests))
-    after = batch_statistics(t5_server.grpc_url, "blip2_llm")
-
-    t5_server.reference_model.margins.clear()
-    mismatches, counts, expected_texts = [], {}, []
-    for (name, prompt, settings, decoding, kind), outcome in zip(cases, served, strict=True):
-        expected = t5_server.reference(images[name], prompt, **settings)
-        expected_texts.append(expected)
-        key = f"{kind}/{decoding}"
-        counts.setdefault(key, [0, 0])
-        counts[key][1] += 1
-        if outcome.text == expected:
-            counts[key][0] += 1
-        else:
-            mismatches.append((name, prompt, decoding, outcome, expected))
-    margins = t5_server.reference_model.margins
-    inferences, executions = after[0] - before[0], after[1] - before[1]
-    figures = {
-        "family": "t5",
-        "cases": len(cases),
-        "equal": len(cases) - len(mismatches),
-        "by_kind": {k: f"{v[0]}/{v[1]}" for k, v in counts.items()},
-        "smallest_greedy_margin": min(margins),
-        "greedy_steps_checked": len(margins),
-        "llm_inferences": inferences,
-        "llm_executions": executions,
-        "distinct_captions": len(
-            {t for t, c in zip(expected_texts, cases, strict=True) if c[4] == "caption"}
-        ),
-    }
-    FIGURES.mkdir(parents=True, exist_ok=True)
-    (FIGURES / "t5_parity.json").write_text(json.dumps(figures, indent=2) + "\n")
-    print("\nT5 parity:", json.dumps(figures))
-    assert not mismatches, mismatches[:3]
-    assert inferences == len(cases)
-    assert executions < inferences, "requests sent together never shared a batch in the LLM stage"
-    assert min(margins) > 1e-3
-    assert figures["distinct_captions"] > 2, "the image barely influences the text"
+    figures, mismatches = run_parity_matrix(t5_server, images, "Question: {question} Short answer:", "t5")
+    check_parity_figures(figures, mismatches)
 
 
 def test_two_prompts_of_different_length_in_one_batch_equal_transformers(t5_server, images):
@@ -241,7 +152,7 @@ def test_bad_inputs_are_rejected_and_good_neighbours_answered(t5_server, images)
         [request for request, _ in bad_requests] + [{"image": good, "prompt": SHORT_PROMPT}],
     )
     for outcome, (_, fragment) in zip(outcomes, bad_requests, strict=False):
-        _assert_rejected(outcome, fragment)
+        assert_rejected(outcome, fragment)
     assert outcomes[-1].text == t5_server.reference(good, SHORT_PROMPT)
 
 

@@ -70,3 +70,10 @@ def batch_statistics(url: str, model: str) -> tuple[int, int]:
         return stats.inference_count, stats.execution_count
     finally:
         client.close()
+
+
+def assert_rejected(outcome: Outcome, fragment: str) -> None:
+    """The request got INVALID_ARG with a one-line message containing ``fragment``."""
+    assert outcome.status == "StatusCode.INVALID_ARGUMENT", outcome
+    assert fragment in outcome.message, outcome.message
+    assert "\n" not in outcome.message and "Traceback" not in outcome.message
