@@ -25,8 +25,10 @@ demo: setup ## end to end: build (or take MODEL=<hub id|folder>), export, serve,
 test: setup ## run the test suite against a real tritonserver
 	@$(BIN)/python -m pytest -q
 
-lint: setup ## ruff check + format check
+lint: setup ## ruff check + format check, hadolint on the Dockerfiles, deployment manifests check
 	@$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	@$(BIN)/hadolint docker/Dockerfile docker/Dockerfile.cpu && echo "hadolint: docker/Dockerfile docker/Dockerfile.cpu: ok"
+	@$(BIN)/python docker/check_manifests.py
 
 export: setup ## export MODEL=<hub id|folder> to REPO (default .work/model_repository)
 	@test -n "$(MODEL)" || { echo "make export: pass MODEL=<hub id or local folder>" >&2; exit 2; }
