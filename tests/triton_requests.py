@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -62,12 +63,20 @@ def infer_concurrently(url: str, requests: Sequence[dict], timeout_s: float = 30
         client.close()
 
 
-def batch_statistics(url: str, model: str) -> tuple[int, int]:
-    """(inference_count, execution_count) of a model: more inferences than executions = batching."""
+def batch_statistics(url: str, model: str, *, at_least: int = 0, timeout_s: float = 10.0) -> tuple[int, int]:
+    """(inference_count, execution_count) of a model: more inferences than executions = batching.
+
+    Triton counts an inference just after it sends the response, so a caller that has all its
+    answers passes ``at_least`` (the count it expects) and this waits, briefly, for the counters.
+    """
     client = grpcclient.InferenceServerClient(url)
+    deadline = time.monotonic() + timeout_s
     try:
-        stats = client.get_inference_statistics(model).model_stats[0]
-        return stats.inference_count, stats.execution_count
+        while True:
+            stats = client.get_inference_statistics(model).model_stats[0]
+            if stats.inference_count >= at_least or time.monotonic() > deadline:
+                return stats.inference_count, stats.execution_count
+            time.sleep(0.05)
     finally:
         client.close()
 
