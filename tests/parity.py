@@ -36,7 +36,6 @@ def build_relocated_repository(base: Path, family: str, **export_options) -> dic
     the checkpoint is kept aside for the transformers reference.
     """
     from blip2_triton.export.repository import ExportOptions, export_repository
-
     from blip2_triton.tiny import build_tiny_checkpoint
 
     checkpoint = build_tiny_checkpoint(base / "checkpoint", family, image_size=64)

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
+
 from blip2_triton.client import (
     AsyncBlip2Client,
     Blip2Client,
@@ -20,7 +22,6 @@ from blip2_triton.client import (
     image_bytes,
     vqa_prompt,
 )
-from PIL import Image
 
 pytestmark = pytest.mark.server
 

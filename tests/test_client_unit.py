@@ -12,6 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+from tritonclient.utils import InferenceServerException, serialize_byte_tensor
+
+from blip2_triton import cli
 from blip2_triton.client import (
     AsyncBlip2Client,
     Blip2Client,
@@ -34,10 +38,6 @@ from blip2_triton.client.errors import translated_errors
 from blip2_triton.client.prompts import family_from_model_config
 from blip2_triton.client.settings import resolve_settings
 from blip2_triton.client.sync_client import ClientOptions, batch_prompts, llm_family_from_config
-from PIL import Image
-from tritonclient.utils import InferenceServerException, serialize_byte_tensor
-
-from blip2_triton import cli
 from blip2_triton.runtime.contract import GENERATION_INPUT_NAMES, GENERATION_INPUTS, IMAGE, TEXT_INPUT
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"

@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+
 from blip2_triton.export.configs import (
     check_ensemble,
     parse_config,
@@ -22,7 +23,6 @@ from blip2_triton.export.configs import (
 from blip2_triton.export.errors import ExportError
 from blip2_triton.export.manifest import verify_manifest
 from blip2_triton.export.repository import ExportOptions, export_repository
-
 from blip2_triton.tiny import build_tiny_checkpoint
 
 MODELS = {"blip2", "blip2_preprocess", "blip2_vision", "blip2_llm"}
