@@ -122,3 +122,33 @@ def check_parity_figures(figures: dict, mismatches: list) -> None:
     # logits: a top-1 margin ten times larger keeps an equal answer from being luck.
     assert figures["smallest_greedy_margin"] > 1e-4
     assert figures["distinct_captions"] > 2, "the image barely influences the text"
+
+
+# Every contract setting, checked against transformers for each family.
+GENERATION_SETTINGS_CASES = [
+    {"max_tokens": 5},
+    {"min_tokens": 12, "max_tokens": 14},
+    {"repetition_penalty": 1.5},
+    {"no_repeat_ngram_size": 2},
+    {"beam_width": 2, "length_penalty": 0.5},
+    {"temperature": 0.7, "top_p": 0.9, "random_seed": 7},
+    {"temperature": 1.0, "top_k": 5, "random_seed": 11},
+]
+
+
+def check_seeded_sampling(served, image: bytes) -> None:
+    """Same seed and request → same text, sent together or not, equal to seeded transformers."""
+    settings = {"temperature": 1.0, "top_k": 20, "random_seed": 1234, "max_tokens": 12}
+    other = {**settings, "random_seed": 99}
+    first, second, third = infer_concurrently(
+        served.grpc_url,
+        [{"image": image, **settings}, {"image": image, **settings}, {"image": image, **other}],
+    )
+    assert first.text == second.text
+    assert first.text == served.reference(image, None, **settings)
+    assert third.text == served.reference(image, None, **other)
+
+
+def check_settings_parity(served, image: bytes, prompt: str, settings: dict) -> None:
+    (outcome,) = infer_concurrently(served.grpc_url, [{"image": image, "prompt": prompt, **settings}])
+    assert outcome.text == served.reference(image, prompt, **settings)

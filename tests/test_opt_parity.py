@@ -5,8 +5,14 @@ from __future__ import annotations
 import pytest
 
 from .conftest import SAMPLES
-from .parity import MATRIX_IMAGES, check_parity_figures, run_parity_matrix
-from .triton_requests import infer_concurrently
+from .parity import (
+    GENERATION_SETTINGS_CASES,
+    MATRIX_IMAGES,
+    check_parity_figures,
+    check_seeded_sampling,
+    check_settings_parity,
+    run_parity_matrix,
+)
 
 pytestmark = pytest.mark.server
 
@@ -20,33 +26,9 @@ def test_parity_matrix_equals_transformers(opt_server):
 
 
 def test_sampling_with_seed_is_reproducible(opt_server, sample_images):
-    image = sample_images[0].read_bytes()
-    settings = {"temperature": 1.0, "top_k": 20, "random_seed": 1234, "max_tokens": 12}
-    first, second, other = infer_concurrently(
-        opt_server.grpc_url,
-        [
-            {"image": image, **settings},
-            {"image": image, **settings},
-            {"image": image, **{**settings, "random_seed": 99}},
-        ],
-    )
-    assert first.text == second.text
-    assert first.text == opt_server.reference(image, None, **settings)
-    assert other.text == opt_server.reference(image, None, **{**settings, "random_seed": 99})
+    check_seeded_sampling(opt_server, sample_images[0].read_bytes())
 
 
-@pytest.mark.parametrize(
-    "settings",
-    [
-        {"max_tokens": 5},
-        {"min_tokens": 12, "max_tokens": 14},
-        {"repetition_penalty": 1.5},
-        {"no_repeat_ngram_size": 2},
-        {"beam_width": 2, "length_penalty": 0.5},
-    ],
-    ids=lambda s: ",".join(s),
-)
+@pytest.mark.parametrize("settings", GENERATION_SETTINGS_CASES, ids=lambda s: ",".join(s))
 def test_generation_settings_equal_transformers(opt_server, sample_images, settings):
-    image = sample_images[1].read_bytes()
-    (outcome,) = infer_concurrently(opt_server.grpc_url, [{"image": image, "prompt": VQA_PROMPT, **settings}])
-    assert outcome.text == opt_server.reference(image, VQA_PROMPT, **settings)
+    check_settings_parity(opt_server, sample_images[1].read_bytes(), VQA_PROMPT, settings)

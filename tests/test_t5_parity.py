@@ -18,10 +18,13 @@ import tritonclient.grpc as grpcclient
 
 from .conftest import SAMPLES, ServedModel, start_server
 from .parity import (
+    GENERATION_SETTINGS_CASES,
     MATRIX_IMAGES,
     SHORT_PROMPT,
     build_relocated_repository,
     check_parity_figures,
+    check_seeded_sampling,
+    check_settings_parity,
     run_parity_matrix,
 )
 from .reference import GenerationReference
@@ -102,37 +105,12 @@ def test_two_prompts_of_different_length_in_one_batch_equal_transformers(t5_serv
 
 
 def test_sampling_with_seed_is_reproducible(t5_server, images):
-    image = images["sailboat.bmp"]
-    settings = {"temperature": 1.0, "top_k": 20, "random_seed": 1234, "max_tokens": 12}
-    first, second, other = infer_concurrently(
-        t5_server.grpc_url,
-        [
-            {"image": image, **settings},
-            {"image": image, **settings},
-            {"image": image, **{**settings, "random_seed": 99}},
-        ],
-    )
-    assert first.text == second.text
-    assert first.text == t5_server.reference(image, None, **settings)
-    assert other.text == t5_server.reference(image, None, **{**settings, "random_seed": 99})
+    check_seeded_sampling(t5_server, images["sailboat.bmp"])
 
 
-@pytest.mark.parametrize(
-    "settings",
-    [
-        {"max_tokens": 5},
-        {"min_tokens": 12, "max_tokens": 14},
-        {"repetition_penalty": 1.5},
-        {"no_repeat_ngram_size": 2},
-        {"beam_width": 2, "length_penalty": 0.5},
-        {"temperature": 0.7, "top_p": 0.9, "random_seed": 7},
-    ],
-    ids=lambda s: ",".join(s),
-)
+@pytest.mark.parametrize("settings", GENERATION_SETTINGS_CASES, ids=lambda s: ",".join(s))
 def test_generation_settings_equal_transformers(t5_server, images, settings):
-    image = images["colour_tiles.tif"]
-    (outcome,) = infer_concurrently(t5_server.grpc_url, [{"image": image, "prompt": VQA_PROMPT, **settings}])
-    assert outcome.text == t5_server.reference(image, VQA_PROMPT, **settings)
+    check_settings_parity(t5_server, images["colour_tiles.tif"], VQA_PROMPT, settings)
 
 
 def test_bad_inputs_are_rejected_and_good_neighbours_answered(t5_server, images):
