@@ -11,7 +11,7 @@ METRICS_PORT ?= 8002
 DTYPE ?= fp32
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test lint export serve bench clean
+.PHONY: help setup demo test lint export serve bench perf clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-8s %s\n", $$1, $$2}'
@@ -36,6 +36,9 @@ export: setup ## export MODEL=<hub id|folder> to REPO (default .work/model_repos
 
 serve: setup ## serve REPO (default .work/model_repository) in the foreground
 	@$(BIN)/blip2-triton serve --model-repository "$(REPO)" --grpc-port $(GRPC_PORT) --http-port $(HTTP_PORT) --metrics-port $(METRICS_PORT)
+
+perf: setup ## perf_analyzer load test of PERF_REPO=<export> (default: a tiny model); flags: PERF_ARGS="..."
+	@$(BIN)/python benchmarks/perf_ensemble.py $(if $(PERF_REPO),--repository "$(PERF_REPO)") $(PERF_ARGS)
 
 clean: ## remove build outputs (keeps .venv)
 	rm -rf $(WORK) build *.egg-info
