@@ -34,6 +34,7 @@ class TinySpec:
     llm_layers: int = 2
     logit_scale: float = 30.0
     image_influence: float = 4.0
+    embed_dim: int = 16  # retrieval: image_text_hidden_size
     seed: int = 0
 
 
@@ -315,11 +316,83 @@ def _move_stop_token(model, processor, spec: TinySpec) -> None:
     weight[[eos, stop]] = weight[[stop, eos]].clone()
 
 
-BUILDERS = {"opt": build_tiny_opt, "t5": build_tiny_t5}
+def build_bert_tokenizer(spec: TinySpec):
+    """A lower-casing WordPiece ``BertTokenizer`` (``[PAD]`` = 0), as the retrieval checkpoints use.
+
+    Trained in a second on the tiny corpus; ``model_max_length`` 512 as bert-base-uncased's.
+    """
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import BertTokenizer
+
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=spec.vocab_target,
+        special_tokens=special,
+        initial_alphabet=sorted({c.lower() for c in PRINTABLE}),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_corpus(spec.seed), trainer)
+    return BertTokenizer(vocab=tok.get_vocab(), do_lower_case=True, model_max_length=512)
+
+
+def build_tiny_retrieval(output_dir: str | Path, spec: TinySpec | None = None) -> Path:
+    """Write a tiny ``Blip2ForImageTextRetrieval`` checkpoint and its processor.
+
+    Shaped like ``Salesforce/blip2-itm-vit-g`` in small: ``Blip2Processor`` over a ``BertTokenizer``
+    (which adds ``<image>``, ``image_token_index`` in the config), a Q-Former whose text embeddings
+    cover the tokenizer, ``image_text_hidden_size`` = ``spec.embed_dim``. Vision, cross-attention
+    and ITM-head weights are scaled up so that images and texts get clearly different scores.
+    """
+    import torch
+    from transformers import Blip2Config, Blip2ForImageTextRetrieval
+
+    spec = spec or TinySpec(family="retrieval")
+    output_dir = Path(output_dir)
+    tokenizer = build_bert_tokenizer(spec)
+    processor = _processor(tokenizer, spec)
+    vision, qformer = _vision_qformer_configs(spec)
+    qformer_config = {
+        **qformer.to_dict(),
+        "vocab_size": len(tokenizer),
+        "pad_token_id": tokenizer.pad_token_id,
+        "use_qformer_text_input": True,  # the text branch (ITC text features, ITM) needs its own FFN
+    }
+    config = Blip2Config(
+        vision_config=vision.to_dict(),
+        qformer_config=qformer_config,
+        num_query_tokens=spec.num_query_tokens,
+        image_text_hidden_size=spec.embed_dim,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+    )
+    torch.manual_seed(spec.seed)
+    model = Blip2ForImageTextRetrieval(config).eval()
+    with torch.no_grad():
+        model.query_tokens.normal_(0.0, 1.0)
+        # Random init makes every text look alike (near-uniform attention, tiny word embeddings):
+        # larger word embeddings, self-attention and feed-forward weights make rankings differ by text.
+        model.embeddings.word_embeddings.weight.mul_(20.0)
+        text_parts = ("attention.attention.", ".intermediate.", ".output.dense.")
+        for name, param in model.named_parameters():
+            if param.dim() < 2:
+                continue
+            if name.startswith("vision_model.") or "crossattention" in name:
+                param.mul_(spec.image_influence)
+            if name.startswith("qformer.") and any(part in name for part in text_parts):
+                param.mul_(4.0)  # cross-attention included: the ITM head then depends on the image
+        model.itm_head.weight.mul_(spec.image_influence * 4)
+    model.save_pretrained(output_dir)
+    processor.save_pretrained(output_dir)
+    return output_dir
+
+
+BUILDERS = {"opt": build_tiny_opt, "t5": build_tiny_t5, "retrieval": build_tiny_retrieval}
 
 
 def build_tiny_checkpoint(output_dir: str | Path, family: str = "opt", **overrides) -> Path:
-    """Build a tiny checkpoint of a family ("opt", "t5") into ``output_dir``."""
+    """Build a tiny checkpoint of a family ("opt", "t5", "retrieval") into ``output_dir``."""
     if family not in BUILDERS:
         raise ValueError(f"unknown tiny checkpoint family {family!r}; choose from {sorted(BUILDERS)}")
     return BUILDERS[family](output_dir, TinySpec(family=family, **overrides))

@@ -178,6 +178,10 @@ def export_repository(
     once every config validates, so a failed export leaves nothing half-written.
     """
     options = options or ExportOptions()
+    from .retrieval import export_retrieval_repository, is_retrieval_checkpoint
+
+    if is_retrieval_checkpoint(source):  # Blip2ForImageTextRetrieval: embeddings, ITM, ITC
+        return export_retrieval_repository(source, output, options, quiet=quiet)
     if options.dtype == "fp16" and not options.force:
         refuse_fp16_for_t5(source)
     options.check()

@@ -73,3 +73,20 @@ GENERATION_INPUTS: tuple[TensorSpec, ...] = (
 ENSEMBLE_INPUTS: tuple[TensorSpec, ...] = (IMAGE, TEXT_INPUT, *GENERATION_INPUTS)
 ENSEMBLE_OUTPUTS: tuple[TensorSpec, ...] = (TEXT_OUTPUT,)
 GENERATION_INPUT_NAMES: tuple[str, ...] = tuple(spec.name for spec in GENERATION_INPUTS)
+
+# Image-text retrieval (Blip2ForImageTextRetrieval checkpoints): public models.
+IMAGE_EMBED_MODEL = "blip2_image_embed"
+TEXT_EMBED_MODEL = "blip2_text_embed"
+ITM_MODEL = "blip2_itm"
+# Internal models of a retrieval repository (called by blip2_image_embed and blip2_itm).
+IMAGE_ENCODER_MODEL = "blip2_image_encoder"
+ITM_HEAD_MODEL = "blip2_itm_head"
+# Internal wire: the vision encoder's last hidden state (CLS + patches), the ITM head's keys/values.
+VISION_HIDDEN_STATES = "vision_hidden_states"
+
+RETRIEVAL_TEXT = TensorSpec("text_input", "TYPE_STRING", (1,), doc="text; empty is refused")
+# dims of the embeddings depend on the checkpoint: -1 here, the exported configs carry the real ones.
+IMAGE_EMBEDS = TensorSpec("image_embeds", "TYPE_FP32", (-1, -1), doc="L2-normalised query features [Q, D]")
+TEXT_EMBEDS = TensorSpec("text_embeds", "TYPE_FP32", (-1,), doc="L2-normalised text feature [D]")
+ITM_SCORE = TensorSpec("itm_score", "TYPE_FP32", (1,), doc="match probability of the ITM head")
+ITC_SCORE = TensorSpec("itc_score", "TYPE_FP32", (1,), doc="max over queries of the cosine similarity")

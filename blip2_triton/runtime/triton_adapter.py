@@ -70,3 +70,63 @@ def model_parameter(model_config: dict, key: str, default: str | None = None) ->
             raise pb_utils.TritonModelException(f"model config lacks parameter '{key}'")
         return default
     return entry["string_value"]
+
+
+def respond_batched(
+    requests: Sequence[Any],
+    parse: Callable[[Any], list],
+    run: Callable[[list], dict[str, np.ndarray]],
+    logger: ModelLogger,
+) -> list:
+    """Parse each request on its own, run the good ones as one batch, answer every request.
+
+    ``parse(request)`` returns the request's items (one per row of its batch) or raises (that request
+    alone gets the error); ``run(items)`` returns output arrays with one row per item, split back
+    to the requests in order. A failure of ``run`` is every batched request's error.
+    """
+    responses: list = [None] * len(requests)
+    items: list = []
+    owners: list[tuple[int, int, int]] = []
+    for index, request in enumerate(requests):
+        try:
+            parsed = parse(request)
+        except Exception as exc:
+            responses[index] = error_response(exc, logger)
+            continue
+        owners.append((index, len(items), len(parsed)))
+        items.extend(parsed)
+    if owners:
+        try:
+            outputs = run(items)
+        except Exception as exc:
+            for index, _, _ in owners:
+                responses[index] = error_response(exc, logger)
+        else:
+            for index, start, count in owners:
+                responses[index] = output_response({k: v[start : start + count] for k, v in outputs.items()})
+    return responses
+
+
+class StepFailedError(Exception):
+    """A model called through BLS answered with an error other than INVALID_ARG (answered INTERNAL)."""
+
+
+async def call_model(model_name: str, inputs: dict[str, np.ndarray], outputs: Sequence[str]) -> dict:
+    """Run another model of the repository through BLS; outputs by name.
+
+    Python backend 2.51 reports every error of a called model as INTERNAL (the callee's INVALID_ARG
+    is lost), so a caller should check its inputs itself before calling.
+    """
+    request = pb_utils.InferenceRequest(
+        model_name=model_name,
+        requested_output_names=list(outputs),
+        inputs=[pb_utils.Tensor(name, array) for name, array in inputs.items()],
+    )
+    response = await request.async_exec()
+    if response.has_error():
+        error = response.error()
+        code = error.code() if hasattr(error, "code") else None
+        if code == pb_utils.TritonError.INVALID_ARG:
+            raise InvalidRequestError(error.message())
+        raise StepFailedError(f"{model_name}: {error.message()}")
+    return {name: pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in outputs}

@@ -1,0 +1,234 @@
+"""The three ONNX graphs of a ``Blip2ForImageTextRetrieval`` checkpoint, checked against PyTorch.
+
+- image: ``pixel_values`` -> ``image_embeds`` (vision model, Q-Former image branch, vision
+  projection, L2-normalised) and ``vision_hidden_states`` (the vision model's output, which the ITM
+  head attends to), so an image runs through the vision encoder once for both heads;
+- text: ``input_ids``, ``attention_mask`` -> ``text_embeds`` (Q-Former text branch, projection of
+  [CLS], L2-normalised);
+- itm: ``vision_hidden_states``, ``input_ids``, ``attention_mask`` -> ``itm_score`` (queries + text
+  through the Q-Former with cross-attention to the image, ITM head, mean over queries, softmax[:, 1]).
+
+Each graph is checked against transformers' own ``Blip2ForImageTextRetrieval.forward`` (not
+against the wrappers below) on fresh random images and padded random texts, at batch sizes and
+lengths other than the exported ones.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from blip2_triton.runtime import retrieval as R
+
+from .errors import ExportError
+from .onnx_vision import OPSET
+
+TOLERANCE = 1e-4  # fp32
+
+
+def _modules(model: Any, num_query_tokens: int):
+    import torch
+    from torch.nn.functional import normalize
+
+    class ImageBranch(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.vision_model, self.qformer = model.vision_model, model.qformer
+            self.query_tokens, self.vision_projection = model.query_tokens, model.vision_projection
+
+        def forward(self, pixel_values):
+            hidden = self.vision_model(pixel_values=pixel_values, return_dict=True).last_hidden_state
+            queries = self.query_tokens.expand(hidden.shape[0], -1, -1)
+            out = self.qformer(  # the encoder mask would be all ones: left out, as in ItmBranch
+                query_embeds=queries, encoder_hidden_states=hidden, return_dict=True
+            ).last_hidden_state
+            return normalize(self.vision_projection(out), dim=-1), hidden
+
+    class TextBranch(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embeddings, self.qformer, self.text_projection = (
+                model.embeddings,
+                model.qformer,
+                model.text_projection,
+            )
+
+        def forward(self, input_ids, attention_mask):
+            embeds = self.embeddings(input_ids=input_ids)
+            out = self.qformer(
+                query_embeds=embeds, query_length=0, attention_mask=attention_mask, return_dict=True
+            ).last_hidden_state
+            return normalize(self.text_projection(out[:, 0, :]), dim=-1)
+
+    class ItmBranch(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embeddings, self.qformer, self.itm_head = model.embeddings, model.qformer, model.itm_head
+            self.query_tokens = model.query_tokens
+
+        def forward(self, vision_hidden_states, input_ids, attention_mask):
+            queries = self.query_tokens.expand(input_ids.shape[0], -1, -1)
+            embeds = self.embeddings(input_ids=input_ids, query_embeds=queries)
+            query_mask = torch.ones_like(attention_mask[:, :1]).expand(-1, num_query_tokens)
+            out = self.qformer(
+                query_embeds=embeds,
+                query_length=num_query_tokens,
+                attention_mask=torch.cat([query_mask, attention_mask], dim=1),
+                encoder_hidden_states=vision_hidden_states,
+                # No encoder mask: all ones (transformers skips it too when not tracing); a traced one
+                # is built for the query+text length and breaks the queries' cross-attention.
+                return_dict=True,
+            ).last_hidden_state
+            logits = self.itm_head(out[:, :num_query_tokens, :]).mean(dim=1)
+            return torch.softmax(logits, dim=-1)[:, 1:2]
+
+    return ImageBranch().eval(), TextBranch().eval(), ItmBranch().eval()
+
+
+def _export(module, args: tuple, path: Path, inputs: list[str], outputs: list[str], axes: dict) -> None:
+    import onnx
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad(), warnings.catch_warnings():
+        # The tracer's notes on Python-level shape checks are expected here.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=".*aten::index.*")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_axes=axes,
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def export_retrieval_onnx(
+    model: Any, image_size: tuple[int, int], num_query_tokens: int, paths: dict[str, Path]
+) -> None:
+    """Write the ``image``, ``text`` and ``itm`` graphs to ``paths[...]`` (dynamic batch and length)."""
+    import torch
+
+    image, text, itm = _modules(model, num_query_tokens)
+    pixels = torch.randn(2, 3, *image_size)
+    ids = torch.full((2, 7), 5, dtype=torch.long)
+    mask = torch.ones((2, 7), dtype=torch.long)
+    mask[1, 5:] = 0
+    with torch.no_grad():
+        _, hidden = image(pixels)
+    batch = {0: "batch"}
+    text_axes = {0: "batch", 1: "length"}
+    _export(
+        image,
+        (pixels,),
+        paths["image"],
+        [R.PIXEL_VALUES],
+        [R.IMAGE_EMBEDS, R.VISION_HIDDEN_STATES],
+        {R.PIXEL_VALUES: batch, R.IMAGE_EMBEDS: batch, R.VISION_HIDDEN_STATES: batch},
+    )
+    _export(
+        text,
+        (ids, mask),
+        paths["text"],
+        [R.INPUT_IDS, R.ATTENTION_MASK],
+        [R.TEXT_EMBEDS],
+        {R.INPUT_IDS: text_axes, R.ATTENTION_MASK: text_axes, R.TEXT_EMBEDS: batch},
+    )
+    _export(
+        itm,
+        (hidden, ids, mask),
+        paths["itm"],
+        [R.VISION_HIDDEN_STATES, R.INPUT_IDS, R.ATTENTION_MASK],
+        [R.ITM_SCORE],
+        {
+            R.VISION_HIDDEN_STATES: batch,
+            R.INPUT_IDS: text_axes,
+            R.ATTENTION_MASK: text_axes,
+            R.ITM_SCORE: batch,
+        },
+    )
+
+
+def _random_texts(settings: R.RetrievalSettings, vocab_size: int, specials: set[int], generator):
+    """Three padded texts of different lengths, as the runtime builds them (prefix included)."""
+    import torch
+
+    lengths = [min(settings.max_text_tokens, n) for n in (11, 6, 3)]
+    ordinary = torch.tensor([i for i in range(vocab_size) if i not in specials])
+    prefix = list(settings.prefix_ids)
+    width = len(prefix) + max(lengths)
+    ids = torch.full((3, width), settings.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((3, width), dtype=torch.long)
+    for row, length in enumerate(lengths):
+        picks = ordinary[torch.randint(len(ordinary), (length,), generator=generator)].tolist()
+        tokens = prefix + picks
+        ids[row, : len(tokens)] = torch.tensor(tokens)
+        mask[row, : len(tokens)] = 1
+    return ids, mask
+
+
+def verify_retrieval_onnx(
+    model: Any,
+    image_size: tuple[int, int],
+    settings: R.RetrievalSettings,
+    model_ids: Any,
+    paths: dict[str, Path],
+) -> dict[str, float]:
+    """Max abs difference of each graph from ``model.forward`` on fresh random inputs (batch 3).
+
+    ``model_ids(ids, mask)`` turns runtime ids into what the processor hands the model (image
+    tokens put back in front when the model drops them). Raises ExportError over the tolerance.
+    """
+    import onnxruntime as ort
+    import torch
+
+    generator = torch.Generator().manual_seed(1234)
+    pixels = torch.randn(3, 3, *image_size, generator=generator)
+    tokenizer_specials = {settings.pad_token_id, *settings.prefix_ids}
+    vocab = int(model.embeddings.word_embeddings.num_embeddings)
+    ids, mask = _random_texts(settings, vocab, tokenizer_specials, generator)
+    full_ids, full_mask = model_ids(ids, mask)
+    with torch.no_grad():
+        itc = model(pixel_values=pixels, input_ids=full_ids, attention_mask=full_mask, return_dict=True)
+        itm = model(
+            pixel_values=pixels,
+            input_ids=full_ids,
+            attention_mask=full_mask,
+            use_image_text_matching_head=True,
+            return_dict=True,
+        )
+    expected = {
+        "image": itc.image_embeds.numpy(),
+        "text": itc.text_embeds.numpy(),
+        "itm": itm.logits_per_image.softmax(dim=1)[:, 1:2].numpy(),
+    }
+    sessions = {
+        name: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        for name, path in paths.items()
+    }
+    image_embeds, hidden = sessions["image"].run(None, {R.PIXEL_VALUES: pixels.numpy()})
+    feeds = {R.INPUT_IDS: ids.numpy(), R.ATTENTION_MASK: mask.numpy()}
+    actual = {
+        "image": image_embeds,
+        "text": sessions["text"].run(None, feeds)[0],
+        "itm": sessions["itm"].run(None, {R.VISION_HIDDEN_STATES: hidden, **feeds})[0],
+    }
+    diffs = {}
+    for name, want in expected.items():
+        got = actual[name]
+        if got.shape != want.shape:
+            raise ExportError(f"ONNX {name} graph output shape {got.shape} differs from PyTorch {want.shape}")
+        diffs[name] = float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64))))
+        if not diffs[name] <= TOLERANCE:
+            raise ExportError(
+                f"ONNX {name} graph differs from PyTorch by {diffs[name]:.3g} (tolerance {TOLERANCE})"
+            )
+    return diffs

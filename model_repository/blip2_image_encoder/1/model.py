@@ -1,0 +1,38 @@
+"""Triton Python model `blip2_image_encoder`: pixel values -> image embeddings + vision hidden states."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from blip2_runtime.errors import InvalidRequestError
+from blip2_runtime.retrieval import IMAGE_EMBEDS, PIXEL_VALUES, VISION_HIDDEN_STATES, OnnxGraph
+from blip2_runtime.triton_adapter import ModelLogger, input_array, model_parameter, respond_batched
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        self.logger = ModelLogger(config["name"])
+        here = Path(__file__).resolve().parent
+        threads = int(model_parameter(config, "intra_op_threads", "0"))
+        self.graph = OnnxGraph(here / model_parameter(config, "onnx_file"), threads=threads)
+        self.logger.info("ready")
+
+    def execute(self, requests):
+        """One onnxruntime run for the whole dynamic batch, split back per request."""
+        return respond_batched(requests, self._parse, self._run, self.logger)
+
+    def _parse(self, request):
+        pixel_values = input_array(request, PIXEL_VALUES)
+        if pixel_values is None:
+            raise InvalidRequestError(f"input '{PIXEL_VALUES}' is required")
+        return list(pixel_values)
+
+    def _run(self, items):
+        outputs = [IMAGE_EMBEDS, VISION_HIDDEN_STATES]
+        image_embeds, hidden = self.graph(outputs, **{PIXEL_VALUES: np.stack(items).astype(np.float32)})
+        return {IMAGE_EMBEDS: image_embeds, VISION_HIDDEN_STATES: hidden}
