@@ -21,6 +21,7 @@ _COMMAND_MODULES = (
     "blip2_triton.serve_command",
     "blip2_triton.export.command",
     "blip2_triton.client.command",
+    "blip2_triton.client.index_command",
     "blip2_triton.demo_command",
 )
 

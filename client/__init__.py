@@ -21,6 +21,7 @@ from .errors import (
     map_triton_error,
 )
 from .images import ImageLike, image_bytes
+from .index import ImageHit, ImageIndex, TextHit
 from .prompts import chat_prompt, vqa_prompt
 from .settings import GenerationSettings
 from .sync_client import Blip2Client, ChatSession
@@ -32,6 +33,8 @@ __all__ = [
     "Blip2ClientError",
     "ChatSession",
     "GenerationSettings",
+    "ImageHit",
+    "ImageIndex",
     "ImageLike",
     "InferenceTimeoutError",
     "InvalidImageError",
@@ -39,6 +42,7 @@ __all__ = [
     "RequestCancelledError",
     "ServerError",
     "ServerUnavailableError",
+    "TextHit",
     "chat_prompt",
     "image_bytes",
     "map_triton_error",

@@ -12,7 +12,14 @@ from typing import Any
 
 import numpy as np
 
-from blip2_triton.runtime.contract import GENERATION_INPUTS, IMAGE, TEXT_INPUT, TEXT_OUTPUT, TensorSpec
+from blip2_triton.runtime.contract import (
+    GENERATION_INPUTS,
+    IMAGE,
+    RETRIEVAL_TEXT,
+    TEXT_INPUT,
+    TEXT_OUTPUT,
+    TensorSpec,
+)
 
 from .settings import GenerationSettings
 
@@ -84,3 +91,49 @@ def read_text(result: Any) -> str:
         raise ValueError(f"expected one '{TEXT_OUTPUT.name}' value in the response, got shape {shape}")
     value = array.reshape(-1)[0]
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+# -- image-text retrieval: blip2_image_embed, blip2_text_embed, blip2_itm ----------------------------
+
+
+def _bytes_input(module: Any, name: str, value: bytes) -> Any:
+    array = np.array([[value]], dtype=object)
+    tensor = module.InferInput(name, [1, 1], "BYTES")
+    tensor.set_data_from_numpy(array)
+    return tensor
+
+
+def _text_bytes(text: str) -> bytes:
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    return text.encode("utf-8")
+
+
+def retrieval_inputs(protocol: str, image: bytes | None = None, text: str | None = None) -> list[Any]:
+    """Inputs of one retrieval request: ``image`` (encoded bytes) and/or ``text_input``, each ``[1, 1]``."""
+    module = _module(protocol)
+    inputs = []
+    if image is not None:
+        if not isinstance(image, bytes):
+            raise TypeError(f"image must be encoded bytes here, got {type(image).__name__}")
+        inputs.append(_bytes_input(module, IMAGE.name, image))
+    if text is not None:
+        inputs.append(_bytes_input(module, RETRIEVAL_TEXT.name, _text_bytes(text)))
+    return inputs
+
+
+def requested_arrays(protocol: str, names: tuple[str, ...]) -> list[Any]:
+    """Outputs to ask for by name (binary over HTTP)."""
+    module = _module(protocol)
+    if protocol == "http":
+        return [module.InferRequestedOutput(name, binary_data=True) for name in names]
+    return [module.InferRequestedOutput(name) for name in names]
+
+
+def read_array(result: Any, name: str) -> np.ndarray:
+    """Output ``name`` of a one-request ``InferResult`` as float32, without the batch dimension."""
+    array = result.as_numpy(name)
+    if array is None or array.ndim < 1 or array.shape[0] != 1:
+        shape = None if array is None else list(array.shape)
+        raise ValueError(f"expected one '{name}' row in the response, got shape {shape}")
+    return np.asarray(array[0], dtype=np.float32)

@@ -15,9 +15,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from blip2_triton.runtime.contract import ENSEMBLE_MODEL, LLM_MODEL
 
-from . import _tensors
+from . import _tensors, retrieval
 from .errors import Blip2ClientError, ServerUnavailableError, translated_errors
 from .images import ImageLike, image_bytes
 from .prompts import chat_prompt, vqa_prompt
@@ -232,6 +234,25 @@ class AsyncBlip2Client:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
                 raise
+
+    # -- image-text retrieval (servers exported from Blip2ForImageTextRetrieval) ----------------
+    async def embed_images(self, images: Sequence[ImageLike], progress: bool | None = None) -> np.ndarray:
+        """L2-normalised query embeddings of each image, float32 ``[N, num_query_tokens, D]``."""
+        return await retrieval.embed_images_async(self, images, progress)
+
+    async def embed_texts(self, texts: Sequence[str], progress: bool | None = None) -> np.ndarray:
+        """L2-normalised text embeddings, float32 ``[N, D]``; empty texts are refused."""
+        return await retrieval.embed_texts_async(self, texts, progress)
+
+    async def match(self, image: ImageLike, text: str) -> tuple[float, float]:
+        """``(itm, itc)`` for one pair: ITM match probability, max-over-queries cosine similarity."""
+        return await retrieval.match_async(self, image, text)
+
+    async def match_batch(
+        self, pairs: Sequence[tuple[ImageLike, str]], progress: bool | None = None
+    ) -> list[tuple[float, float]]:
+        """:meth:`match` for many ``(image, text)`` pairs, sent concurrently, in input order."""
+        return await retrieval.match_many_async(self, pairs, progress)
 
     async def _generate(
         self, image: bytes, prompt: str | None, settings: GenerationSettings, index: int | None = None

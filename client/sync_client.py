@@ -17,9 +17,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from blip2_triton.runtime.contract import ENSEMBLE_MODEL, LLM_MODEL
 
-from . import _tensors
+from . import _tensors, retrieval
 from .errors import Blip2ClientError, ServerError, ServerUnavailableError, translated_errors
 from .images import ImageLike, image_bytes
 from .prompts import LLM_FAMILY_PARAMETER, chat_prompt, family_from_model_config, vqa_prompt
@@ -381,6 +383,29 @@ class Blip2Client:
                 for _, pending in in_flight:
                     pending.cancel()
         return results
+
+    # -- image-text retrieval (servers exported from Blip2ForImageTextRetrieval) ----------------
+    def embed_images(self, images: Sequence[ImageLike], progress: bool | None = None) -> np.ndarray:
+        """L2-normalised query embeddings of each image, float32 ``[N, num_query_tokens, D]``.
+
+        Sent to ``blip2_image_embed`` concurrently (at most ``max_concurrency`` in flight); a progress
+        bar shows as in :meth:`caption_batch`. The first failure is raised with ``.index`` set.
+        """
+        return retrieval.embed_images(self, images, progress)
+
+    def embed_texts(self, texts: Sequence[str], progress: bool | None = None) -> np.ndarray:
+        """L2-normalised text embeddings, float32 ``[N, D]`` (``blip2_text_embed``); empty texts are refused."""
+        return retrieval.embed_texts(self, texts, progress)
+
+    def match(self, image: ImageLike, text: str) -> tuple[float, float]:
+        """``(itm, itc)`` for one pair: ITM match probability, max-over-queries cosine similarity."""
+        return retrieval.match(self, image, text)
+
+    def match_batch(
+        self, pairs: Sequence[tuple[ImageLike, str]], progress: bool | None = None
+    ) -> list[tuple[float, float]]:
+        """:meth:`match` for many ``(image, text)`` pairs, sent concurrently, in input order."""
+        return retrieval.match_many(self, pairs, progress)
 
     def _generate(self, image: bytes, prompt: str | None, settings: GenerationSettings) -> str:
         self._check_open()
