@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
-from blip2_triton.runtime.generation import GenerationSettings, parse_settings
+from blip2_triton.runtime.contract import GenerationSettings
+from blip2_triton.runtime.generation import generate_kwargs, parse_settings
 from blip2_triton.runtime.images import decode_image
 
 
@@ -29,7 +30,7 @@ class GenerationReference:
         settings: GenerationSettings = parse_settings(generation)
         pil = decode_image(image)
         inputs = self.processor(images=pil, text=prompt or None, return_tensors="pt")
-        kwargs = settings.to_generate_kwargs()
+        kwargs = generate_kwargs(settings)
         if settings.sampling and settings.random_seed is not None:
             torch.manual_seed(settings.random_seed)
         with torch.inference_mode():

@@ -14,7 +14,7 @@ from PIL import Image
 
 from blip2_triton.runtime import images
 from blip2_triton.runtime.contract import MAX_IMAGE_BYTES
-from blip2_triton.runtime.errors import InvalidRequestError
+from blip2_triton.runtime.errors import RequestValidationError
 from blip2_triton.runtime.images import decode_image, image_format
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
@@ -57,7 +57,7 @@ def assert_close(pixel: tuple[int, ...], expected: tuple[int, ...], tolerance: i
 
 
 def refusal(data: bytes) -> str:
-    with pytest.raises(InvalidRequestError) as info:
+    with pytest.raises(RequestValidationError) as info:
         decode_image(data)
     message = str(info.value)
     assert "\n" not in message
@@ -293,5 +293,5 @@ def test_corrupt_pixel_data_is_refused():
 
 def test_image_format_helper():
     assert image_format((SAMPLES / "gradient_square.webp").read_bytes()) == "WEBP"
-    with pytest.raises(InvalidRequestError, match="not a recognised image format"):
+    with pytest.raises(RequestValidationError, match="not a recognised image format"):
         image_format(b"plain text")

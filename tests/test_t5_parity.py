@@ -139,7 +139,8 @@ def test_engine_without_bos_uses_the_empty_prompt_encoding(t5_server, images):
     without a prompt) gets what ``Blip2Processor`` gives for the prompt "": image tokens + ``</s>``."""
     import torch
 
-    from blip2_triton.runtime.engine import GenerationRequest, load_engine
+    from blip2_triton.runtime.engine import GenerationRequest
+    from blip2_triton.runtime.engine_factory import load_engine
     from blip2_triton.runtime.generation import parse_settings
     from blip2_triton.runtime.images import decode_image
     from blip2_triton.runtime.preprocess import ImagePreprocessor

@@ -6,7 +6,9 @@ SDK (request building). Changing a name here changes the public API.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import numbers
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 # Model names.
 ENSEMBLE_MODEL = "blip2"
@@ -57,23 +59,79 @@ IMAGE = TensorSpec("image", "TYPE_STRING", (1,), doc="encoded image file bytes")
 TEXT_INPUT = TensorSpec("text_input", "TYPE_STRING", (1,), optional=True, doc="prompt; empty = caption")
 TEXT_OUTPUT = TensorSpec("text_output", "TYPE_STRING", (1,), doc="generated text, prompt excluded")
 
-GENERATION_INPUTS: tuple[TensorSpec, ...] = (
-    TensorSpec("max_tokens", "TYPE_INT32", (1,), True, f"new tokens at most (default {DEFAULT_MAX_TOKENS})"),
-    TensorSpec("min_tokens", "TYPE_INT32", (1,), True, "new tokens at least"),
-    TensorSpec("beam_width", "TYPE_INT32", (1,), True, "beams (default 1)"),
-    TensorSpec("temperature", "TYPE_FP32", (1,), True, "> 0 turns sampling on"),
-    TensorSpec("top_p", "TYPE_FP32", (1,), True, "nucleus sampling"),
-    TensorSpec("top_k", "TYPE_INT32", (1,), True, "top-k sampling"),
-    TensorSpec("repetition_penalty", "TYPE_FP32", (1,), True, "as in transformers"),
-    TensorSpec("length_penalty", "TYPE_FP32", (1,), True, "beam length penalty"),
-    TensorSpec("no_repeat_ngram_size", "TYPE_INT32", (1,), True, "as in transformers"),
-    TensorSpec("random_seed", "TYPE_UINT64", (1,), True, "same seed, same request, same text"),
+_UINT64_MAX = 2**64 - 1
+
+
+def _setting(triton_type: str, doc: str) -> Any:
+    """A generation setting: optional, ``None`` = the server's (checkpoint's) default."""
+    return field(default=None, metadata={"triton_type": triton_type, "doc": doc})
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How one request generates; each field is the optional input tensor of the same name.
+
+    The one list of generation settings: the configs, the Triton models, the client SDK and the
+    CLI all take them from here. ``None`` means "not sent": the server then applies the
+    checkpoint's own default (``max_tokens``: ``DEFAULT_MAX_TOKENS``). Types are checked here;
+    ranges are checked by the server (``runtime.generation.parse_settings``).
+    """
+
+    max_tokens: int | None = _setting("TYPE_INT32", f"new tokens at most (default {DEFAULT_MAX_TOKENS})")
+    min_tokens: int | None = _setting("TYPE_INT32", "new tokens at least")
+    beam_width: int | None = _setting("TYPE_INT32", "beams (default 1)")
+    temperature: float | None = _setting("TYPE_FP32", "> 0 turns sampling on")
+    top_p: float | None = _setting("TYPE_FP32", "nucleus sampling")
+    top_k: int | None = _setting("TYPE_INT32", "top-k sampling")
+    repetition_penalty: float | None = _setting("TYPE_FP32", "as in transformers")
+    length_penalty: float | None = _setting("TYPE_FP32", "beam length penalty")
+    no_repeat_ngram_size: int | None = _setting("TYPE_INT32", "as in transformers")
+    random_seed: int | None = _setting("TYPE_UINT64", "same seed, same request, same text")
+
+    def __post_init__(self) -> None:
+        for setting in fields(self):
+            value = getattr(self, setting.name)
+            if value is None:
+                continue
+            if setting.metadata["triton_type"] == "TYPE_FP32":
+                ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+                expected = "a number"
+            else:
+                ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+                expected = "an integer"
+            if not ok:
+                raise TypeError(f"{setting.name} must be {expected}, got {type(value).__name__} {value!r}")
+        if self.random_seed is not None and not 0 <= self.random_seed <= _UINT64_MAX:
+            raise ValueError(f"random_seed must fit in an unsigned 64-bit integer, got {self.random_seed}")
+
+    @property
+    def sampling(self) -> bool:
+        """A temperature above 0 turns sampling on."""
+        return self.temperature is not None and self.temperature > 0
+
+    def to_dict(self) -> dict[str, int | float]:
+        """The fields that are set, by tensor name."""
+        return {s.name: getattr(self, s.name) for s in fields(self) if getattr(self, s.name) is not None}
+
+    def merged(self, **changes: Any) -> GenerationSettings:
+        """A copy with ``changes`` applied; a change to None leaves the field as it is."""
+        unknown = sorted(set(changes) - set(GENERATION_INPUT_NAMES))
+        if unknown:
+            raise TypeError(
+                f"unknown generation setting(s) {', '.join(unknown)}; known: {', '.join(GENERATION_INPUT_NAMES)}"
+            )
+        set_changes = {name: value for name, value in changes.items() if value is not None}
+        return replace(self, **set_changes) if set_changes else self
+
+
+GENERATION_INPUTS: tuple[TensorSpec, ...] = tuple(
+    TensorSpec(s.name, s.metadata["triton_type"], (1,), True, s.metadata["doc"])
+    for s in fields(GenerationSettings)
 )
+GENERATION_INPUT_NAMES: tuple[str, ...] = tuple(spec.name for spec in GENERATION_INPUTS)
 
 ENSEMBLE_INPUTS: tuple[TensorSpec, ...] = (IMAGE, TEXT_INPUT, *GENERATION_INPUTS)
 ENSEMBLE_OUTPUTS: tuple[TensorSpec, ...] = (TEXT_OUTPUT,)
-GENERATION_INPUT_NAMES: tuple[str, ...] = tuple(spec.name for spec in GENERATION_INPUTS)
-
 # Image-text retrieval (Blip2ForImageTextRetrieval checkpoints): public models.
 IMAGE_EMBED_MODEL = "blip2_image_embed"
 TEXT_EMBED_MODEL = "blip2_text_embed"

@@ -1,12 +1,9 @@
-"""The LLM stage of BLIP-2, free of Triton glue.
+"""The LLM stage's interface, free of Triton glue and of any model family.
 
 An engine turns (query embeddings, prompt, settings) requests into text. ``GenerationEngine`` is
-the small interface the Triton model talks to; ``PromptEngine`` holds what the BLIP-2 engines
-share (input ids, validation, batching by settings, query embeddings in place of the image
-tokens). ``DecoderOnlyEngine`` implements it for OPT-style causal language models by running
-transformers' own ``generate`` on batches of requests that share their settings, left-padded,
-exactly as ``Blip2ForConditionalGeneration.generate`` does; ``engine_t5.EncoderDecoderEngine``
-does the same for Flan-T5.
+the small interface the Triton model talks to; ``LlmSettings`` is what an export records about the
+checkpoint for it. The families implement it (``engine_opt``, ``engine_t5``, on the shared
+``prompt_engine``), and ``engine_factory.load_engine`` picks one for an exported folder.
 """
 
 from __future__ import annotations
@@ -19,8 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InvalidRequestError
-from .generation import GenerationSettings
+from .contract import GenerationSettings
 
 SETTINGS_FILE = "llm_settings.json"
 
@@ -60,183 +56,3 @@ class GenerationEngine(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (threads, memory)."""
-
-
-TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
-
-
-class PromptEngine(GenerationEngine):
-    """What the BLIP-2 language-model engines share.
-
-    Input ids are image tokens + prompt, as ``Blip2Processor`` and ``generate`` build them;
-    requests are validated one by one (a bad one gets its own error); the rest are grouped by
-    their settings and each group is padded on ``padding_side`` into one ``generate`` call, with
-    the query embeddings put in place of the image tokens. Subclasses say how long an input may
-    be and how to run and read ``generate``.
-    """
-
-    padding_side = "left"
-    auto_model_class = "AutoModelForCausalLM"
-
-    def __init__(self, model, tokenizer, settings: LlmSettings, device: str = "cpu") -> None:
-        import torch
-
-        self._torch = torch
-        self.model = model
-        self.tokenizer = tokenizer
-        self.settings = settings
-        self.device = device
-        self.pad_token_id = _first(model.generation_config.pad_token_id, tokenizer.pad_token_id, 0)
-        image_tokens = tokenizer.convert_ids_to_tokens(settings.image_token_id) * settings.num_query_tokens
-        self._image_ids = tokenizer(image_tokens, add_special_tokens=False)["input_ids"]
-        if self._image_ids != [settings.image_token_id] * settings.num_query_tokens:
-            raise ValueError("the tokenizer does not map the image token to a single id")
-
-    @classmethod
-    def from_folder(cls, folder: str | Path, device: str = "cpu") -> PromptEngine:
-        """Load the language model and tokenizer an export wrote into ``folder``."""
-        import torch
-        import transformers
-
-        folder = Path(folder)
-        settings = LlmSettings.load(folder)
-        dtype = getattr(torch, TORCH_DTYPES[settings.dtype])
-        auto_model = getattr(transformers, cls.auto_model_class)
-        model = auto_model.from_pretrained(folder / "language_model", dtype=dtype).to(device).eval()
-        tokenizer = transformers.AutoTokenizer.from_pretrained(folder / "tokenizer")
-        return cls(model, tokenizer, settings, device)
-
-    def prompt_ids(self, prompt: str) -> list[int]:
-        """Token ids of image tokens + prompt, as ``Blip2Processor`` and ``generate`` build them.
-
-        Without a prompt ``generate`` appends ``text_config.bos_token_id``. A checkpoint without
-        one (transformers' ``generate`` then fails) gets what ``Blip2Processor`` gives for an empty
-        prompt, the tokenizer's encoding of "" (``</s>`` for T5, as Flan-T5 checkpoints' bos 1).
-        """
-        if prompt:
-            text_ids = self.tokenizer(prompt)["input_ids"]
-        elif self.settings.bos_token_id is not None:
-            text_ids = [self.settings.bos_token_id]
-        else:
-            text_ids = self.tokenizer("")["input_ids"]
-        return self._image_ids + list(text_ids)
-
-    def check(self, request: GenerationRequest) -> list[int]:
-        """Validate a request against the model; returns its input ids."""
-        expected = (self.settings.num_query_tokens, self.model.get_input_embeddings().embedding_dim)
-        shape = tuple(request.query_embeds.shape)
-        if shape != expected:
-            raise InvalidRequestError(f"query_embeds has shape {shape}, expected {expected}")
-        ids = self.prompt_ids(request.prompt)
-        if ids.count(self.settings.image_token_id) != self.settings.num_query_tokens:
-            image_token = self.tokenizer.convert_ids_to_tokens(self.settings.image_token_id)
-            raise InvalidRequestError(f"the prompt must not contain the image token {image_token}")
-        self.check_length(ids, request.settings)
-        return ids
-
-    @abstractmethod
-    def check_length(self, ids: list[int], settings: GenerationSettings) -> None:
-        """Raise ``InvalidRequestError`` when ``ids`` and ``settings`` exceed what the model takes."""
-
-    def generate(self, requests: Sequence[GenerationRequest]) -> list[str | Exception]:
-        results: list[str | Exception | None] = [None] * len(requests)
-        groups: dict[tuple, list[tuple[int, list[int]]]] = {}
-        for index, request in enumerate(requests):
-            try:
-                ids = self.check(request)
-            except InvalidRequestError as exc:
-                results[index] = exc
-                continue
-            key = ("alone", index) if request.settings.runs_alone else request.settings.batch_key()
-            groups.setdefault(key, []).append((index, ids))
-        for members in groups.values():
-            indices = [index for index, _ in members]
-            try:
-                texts = self._generate_group([requests[i] for i in indices], [ids for _, ids in members])
-            except Exception as exc:  # one failing group must not take the others down
-                texts = [exc] * len(indices)
-            for index, text in zip(indices, texts, strict=True):
-                results[index] = text
-        return [r if r is not None else RuntimeError("request was not answered") for r in results]
-
-    @abstractmethod
-    def _generate_group(self, requests: Sequence[GenerationRequest], all_ids: list[list[int]]) -> list[str]:
-        """Texts for requests that share their settings (one ``generate`` call)."""
-
-    def _batch_inputs(self, requests: Sequence[GenerationRequest], all_ids: list[list[int]]):
-        """``(input_ids, attention_mask, inputs_embeds)``, padded on ``padding_side``, on the device.
-
-        Call under ``torch.inference_mode()``.
-        """
-        torch = self._torch
-        width = max(len(ids) for ids in all_ids)
-        input_ids = torch.full((len(all_ids), width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(all_ids), width), dtype=torch.long)
-        for row, ids in enumerate(all_ids):
-            columns = slice(width - len(ids), width) if self.padding_side == "left" else slice(0, len(ids))
-            input_ids[row, columns] = torch.tensor(ids)
-            attention_mask[row, columns] = 1
-        input_ids = input_ids.to(self.device)
-        attention_mask = attention_mask.to(self.device)
-        inputs_embeds = self.model.get_input_embeddings()(input_ids)
-        query = torch.from_numpy(np.stack([np.asarray(r.query_embeds) for r in requests]))
-        query = query.to(self.device, inputs_embeds.dtype)
-        image_mask = (input_ids == self.settings.image_token_id).unsqueeze(-1)
-        inputs_embeds = inputs_embeds.masked_scatter(image_mask, query)
-        return input_ids, attention_mask, inputs_embeds
-
-    def _seed(self, settings: GenerationSettings) -> None:
-        """Seed torch the way the reference does, for a seeded sampling request (which runs alone)."""
-        if settings.sampling and settings.random_seed is not None:
-            self._torch.manual_seed(settings.random_seed)
-
-
-class DecoderOnlyEngine(PromptEngine):
-    """OPT-style causal LM: image tokens + prompt, left-padded batches, transformers ``generate``."""
-
-    def __init__(self, model, tokenizer, settings: LlmSettings, device: str = "cpu") -> None:
-        super().__init__(model, tokenizer, settings, device)
-        self.context_length = int(getattr(model.config, "max_position_embeddings", 0) or 0)
-
-    def check_length(self, ids: list[int], settings: GenerationSettings) -> None:
-        total = len(ids) + settings.max_tokens
-        if self.context_length and total > self.context_length:
-            raise InvalidRequestError(
-                f"prompt is {len(ids)} tokens (image tokens included); with max_tokens "
-                f"{settings.max_tokens} that exceeds the model's context of {self.context_length} tokens"
-            )
-
-    def _generate_group(self, requests: Sequence[GenerationRequest], all_ids: list[list[int]]) -> list[str]:
-        torch = self._torch
-        settings = requests[0].settings
-        with torch.inference_mode():
-            input_ids, attention_mask, inputs_embeds = self._batch_inputs(requests, all_ids)
-            self._seed(settings)
-            sequences = self.model.generate(
-                inputs_embeds=inputs_embeds,
-                attention_mask=attention_mask,
-                input_ids=input_ids,
-                **settings.to_generate_kwargs(),
-            )
-        new_tokens = sequences[:, input_ids.shape[1] :]
-        texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        return [text.strip() for text in texts]
-
-
-def _first(*values):
-    for value in values:
-        if value is not None:
-            return value[0] if isinstance(value, list) else value
-    return None
-
-
-def load_engine(folder: str | Path, device: str = "cpu") -> GenerationEngine:
-    """The engine for the language-model family an export recorded in ``folder``."""
-    family = LlmSettings.load(folder).family
-    if family == "opt":
-        return DecoderOnlyEngine.from_folder(folder, device)
-    if family == "t5":
-        from .engine_t5 import EncoderDecoderEngine
-
-        return EncoderDecoderEngine.from_folder(folder, device)
-    raise ValueError(f"no generation engine for language-model family {family!r}")

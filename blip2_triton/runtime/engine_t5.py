@@ -22,9 +22,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .engine import GenerationRequest, LlmSettings, PromptEngine
-from .errors import InvalidRequestError
-from .generation import GenerationSettings
+from .contract import GenerationSettings
+from .engine import GenerationRequest, LlmSettings
+from .errors import RequestValidationError
+from .generation import generate_kwargs
+from .prompt_engine import PromptEngine
 
 # T5 has no position table; Flan-T5's tokenizer says 512 (``model_max_length``) and was trained so.
 DEFAULT_ENCODER_TOKENS = 512
@@ -47,7 +49,7 @@ class EncoderDecoderEngine(PromptEngine):
         has no fixed limit; ``max_tokens`` is capped by the contract.
         """
         if len(ids) > self.encoder_length:
-            raise InvalidRequestError(
+            raise RequestValidationError(
                 f"prompt is {len(ids)} tokens (image tokens included); the encoder takes at most "
                 f"{self.encoder_length} tokens"
             )
@@ -61,7 +63,7 @@ class EncoderDecoderEngine(PromptEngine):
             sequences = self.model.generate(
                 inputs_embeds=inputs_embeds,
                 attention_mask=attention_mask,
-                **settings.to_generate_kwargs(),
+                **generate_kwargs(settings),
             )
         texts = self.tokenizer.batch_decode(sequences, skip_special_tokens=True)
         return [text.strip() for text in texts]

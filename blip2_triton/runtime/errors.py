@@ -7,7 +7,7 @@ class Blip2RuntimeError(Exception):
     """Base class of every error the runtime raises on purpose."""
 
 
-class InvalidRequestError(Blip2RuntimeError):
+class RequestValidationError(Blip2RuntimeError):
     """A request is malformed. Answered with Triton INVALID_ARG and this one-line message."""
 
     def __init__(self, message: str) -> None:

@@ -1,67 +1,55 @@
-"""Per-request generation settings: parsing, validation, and the transformers keyword arguments."""
+"""Per-request generation settings (``contract.GenerationSettings``): parsing, validation, and
+what they mean for transformers ``generate``."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
 from typing import Any
 
-from .contract import DEFAULT_MAX_TOKENS, MAX_BEAM_WIDTH, MAX_PROMPT_CHARS, MAX_TOKENS_CAP
-from .errors import InvalidRequestError
+from .contract import (
+    DEFAULT_MAX_TOKENS,
+    MAX_BEAM_WIDTH,
+    MAX_PROMPT_CHARS,
+    MAX_TOKENS_CAP,
+    GenerationSettings,
+)
+from .errors import RequestValidationError
 
 
-@dataclass(frozen=True)
-class GenerationSettings:
-    """What one request asks of generation; ``None`` means the checkpoint's own default."""
+def runs_alone(settings: GenerationSettings) -> bool:
+    """A seeded sampling request runs alone, so its text depends on its seed and nothing else."""
+    return settings.sampling and settings.random_seed is not None
 
-    max_tokens: int = DEFAULT_MAX_TOKENS
-    min_tokens: int | None = None
-    beam_width: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    repetition_penalty: float | None = None
-    length_penalty: float | None = None
-    no_repeat_ngram_size: int | None = None
-    random_seed: int | None = None
 
-    @property
-    def sampling(self) -> bool:
-        return self.temperature is not None and self.temperature > 0
+def batch_key(settings: GenerationSettings) -> tuple:
+    """Requests with equal keys can share one ``generate`` call and get what they would alone."""
+    values = settings.to_dict()
+    values.pop("random_seed", None)
+    return tuple(sorted(values.items()))
 
-    @property
-    def runs_alone(self) -> bool:
-        """A seeded sampling request runs alone, so its text depends on its seed and nothing else."""
-        return self.sampling and self.random_seed is not None
 
-    def batch_key(self) -> tuple:
-        """Requests with equal keys can share one ``generate`` call and get what they would alone."""
-        values = asdict(self)
-        values["random_seed"] = None
-        return tuple(sorted(values.items()))
-
-    def to_generate_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``transformers`` ``generate`` (unset values are left out)."""
-        kwargs: dict[str, Any] = {"max_new_tokens": self.max_tokens}
-        optional = {
-            "min_new_tokens": self.min_tokens,
-            "num_beams": self.beam_width,
-            "repetition_penalty": self.repetition_penalty,
-            "length_penalty": self.length_penalty,
-            "no_repeat_ngram_size": self.no_repeat_ngram_size,
-        }
-        kwargs.update({key: value for key, value in optional.items() if value is not None})
-        if self.sampling:
-            kwargs["do_sample"] = True
-            kwargs["temperature"] = self.temperature
-            if self.top_p is not None:
-                kwargs["top_p"] = self.top_p
-            if self.top_k is not None:
-                kwargs["top_k"] = self.top_k
-        elif self.temperature is not None:
-            kwargs["do_sample"] = False
-        return kwargs
+def generate_kwargs(settings: GenerationSettings) -> dict[str, Any]:
+    """Keyword arguments for ``transformers`` ``generate`` (unset values are left out)."""
+    kwargs: dict[str, Any] = {"max_new_tokens": settings.max_tokens or DEFAULT_MAX_TOKENS}
+    optional = {
+        "min_new_tokens": settings.min_tokens,
+        "num_beams": settings.beam_width,
+        "repetition_penalty": settings.repetition_penalty,
+        "length_penalty": settings.length_penalty,
+        "no_repeat_ngram_size": settings.no_repeat_ngram_size,
+    }
+    kwargs.update({key: value for key, value in optional.items() if value is not None})
+    if settings.sampling:
+        kwargs["do_sample"] = True
+        kwargs["temperature"] = settings.temperature
+        if settings.top_p is not None:
+            kwargs["top_p"] = settings.top_p
+        if settings.top_k is not None:
+            kwargs["top_k"] = settings.top_k
+    elif settings.temperature is not None:
+        kwargs["do_sample"] = False
+    return kwargs
 
 
 def _scalar(name: str, value: Any) -> Any:
@@ -69,37 +57,40 @@ def _scalar(name: str, value: Any) -> Any:
         if hasattr(value, "reshape"):
             flat = value.reshape(-1)
             if flat.size != 1:
-                raise InvalidRequestError(f"'{name}' must hold exactly one value, got {flat.size}")
+                raise RequestValidationError(f"'{name}' must hold exactly one value, got {flat.size}")
             value = flat[0]
         return value.item() if hasattr(value, "item") else value
-    except InvalidRequestError:
+    except RequestValidationError:
         raise
     except Exception as exc:  # pragma: no cover - numpy always has item()
-        raise InvalidRequestError(f"'{name}' could not be read: {exc}") from exc
+        raise RequestValidationError(f"'{name}' could not be read: {exc}") from exc
 
 
 def _int(name: str, value: Any, low: int, high: int | None = None) -> int:
     value = int(_scalar(name, value))
     if value < low or (high is not None and value > high):
         bound = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise InvalidRequestError(f"'{name}' must be {bound}, got {value}")
+        raise RequestValidationError(f"'{name}' must be {bound}, got {value}")
     return value
 
 
 def _float(name: str, value: Any, *, low: float | None = None, low_open: bool = False, high=None) -> float:
     value = float(_scalar(name, value))
     if not math.isfinite(value):
-        raise InvalidRequestError(f"'{name}' must be a finite number, got {value}")
+        raise RequestValidationError(f"'{name}' must be a finite number, got {value}")
     too_low = low is not None and (value <= low if low_open else value < low)
     if too_low or (high is not None and value > high):
         relation = ">" if low_open else ">="
         bound = f"{relation} {low}" + (f" and <= {high}" if high is not None else "")
-        raise InvalidRequestError(f"'{name}' must be {bound}, got {value}")
+        raise RequestValidationError(f"'{name}' must be {bound}, got {value}")
     return value
 
 
 def parse_settings(raw: Mapping[str, Any]) -> GenerationSettings:
-    """Validate the optional generation inputs of one request (absent entries are ``None``)."""
+    """Validate the optional generation inputs of one request (absent entries are ``None``).
+
+    The result always has ``max_tokens`` set (``DEFAULT_MAX_TOKENS`` when absent).
+    """
 
     def get(name: str) -> Any:
         return raw.get(name)
@@ -149,8 +140,10 @@ def parse_prompt(raw: Any) -> str:
         try:
             value = value.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise InvalidRequestError(f"'text_input' is not valid UTF-8 ({exc.reason})") from exc
+            raise RequestValidationError(f"'text_input' is not valid UTF-8 ({exc.reason})") from exc
     value = str(value)
     if len(value) > MAX_PROMPT_CHARS:
-        raise InvalidRequestError(f"'text_input' is {len(value)} characters; the limit is {MAX_PROMPT_CHARS}")
+        raise RequestValidationError(
+            f"'text_input' is {len(value)} characters; the limit is {MAX_PROMPT_CHARS}"
+        )
     return value if value.strip() else ""

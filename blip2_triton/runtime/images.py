@@ -1,6 +1,6 @@
 """Safe decoding of the encoded image bytes a client sends, into one RGB picture.
 
-Every refusal is an InvalidRequestError with a one-line message that names the problem. The
+Every refusal is an RequestValidationError with a one-line message that names the problem. The
 checks that need no pixels (byte count, format, size, pixel count, aspect ratio) run on the header
 that Image.open reads lazily, before any pixel is decoded.
 """
@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
 from .contract import ALLOWED_IMAGE_FORMATS, MAX_ASPECT_RATIO, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
-from .errors import InvalidRequestError
+from .errors import RequestValidationError
 
 # Formats Pillow names apart that are a variant of an allowed one: MPO is a JPEG with extra
 # pictures (phone cameras write it); its first picture is a plain JPEG.
@@ -37,11 +37,11 @@ _WHITE = (255, 255, 255, 255)
 def image_format(data: bytes) -> str:
     """The format of `data` as Pillow names it ("JPEG", "PNG", ...), allowed or not.
 
-    Reads the header only. Raises InvalidRequestError when no Pillow plugin recognises the bytes.
+    Reads the header only. Raises RequestValidationError when no Pillow plugin recognises the bytes.
     """
     image = _open(data, formats=None)
     if image is None:
-        raise InvalidRequestError("image bytes are not a recognised image format")
+        raise RequestValidationError("image bytes are not a recognised image format")
     with image:
         return _FORMAT_ALIASES.get(image.format, image.format)
 
@@ -63,21 +63,21 @@ def decode_image(data: bytes) -> Image.Image:
     - Other modes (1-bit, L, P, CMYK, YCbCr) are converted by Pillow.
     """
     if not data:
-        raise InvalidRequestError("image is empty (0 bytes)")
+        raise RequestValidationError("image is empty (0 bytes)")
     if len(data) > MAX_IMAGE_BYTES:
-        raise InvalidRequestError(f"image is {len(data)} bytes, over the limit of {MAX_IMAGE_BYTES} bytes")
+        raise RequestValidationError(f"image is {len(data)} bytes, over the limit of {MAX_IMAGE_BYTES} bytes")
 
     image = _open(data, formats=ALLOWED_IMAGE_FORMATS)
     if image is None:
         claimed = _signature_format(data)
         if claimed is not None:
-            raise InvalidRequestError(
+            raise RequestValidationError(
                 f"image data is truncated or corrupt: its {claimed} header cannot be read "
                 "(damaged, cut short, or a zero width or height)"
             )
         name = image_format(data)  # raises when no format at all recognises the bytes
         allowed = ", ".join(ALLOWED_IMAGE_FORMATS)
-        raise InvalidRequestError(f"image format {name} is not allowed (allowed: {allowed})")
+        raise RequestValidationError(f"image format {name} is not allowed (allowed: {allowed})")
 
     with image:
         _check_size(image.size)
@@ -87,7 +87,7 @@ def decode_image(data: bytes) -> Image.Image:
         except MemoryError:
             raise
         except Exception as exc:  # anything Pillow raises on untrusted bytes is a bad request
-            raise InvalidRequestError(f"image data is truncated or corrupt: {_describe(exc)}") from None
+            raise RequestValidationError(f"image data is truncated or corrupt: {_describe(exc)}") from None
     return _to_rgb(frame)
 
 
@@ -99,7 +99,7 @@ def _open(data: bytes, formats: tuple[str, ...] | None) -> ImageFile.ImageFile |
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             return Image.open(io.BytesIO(data), formats=formats)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InvalidRequestError(
+        raise RequestValidationError(
             f"image has more than {MAX_IMAGE_PIXELS} pixels and is refused as a decompression bomb"
         ) from None
     except Image.UnidentifiedImageError:
@@ -107,7 +107,7 @@ def _open(data: bytes, formats: tuple[str, ...] | None) -> ImageFile.ImageFile |
     except MemoryError:
         raise
     except Exception as exc:  # a recognised header that a plugin could not parse
-        raise InvalidRequestError(f"image data is truncated or corrupt: {_describe(exc)}") from None
+        raise RequestValidationError(f"image data is truncated or corrupt: {_describe(exc)}") from None
 
 
 def _signature_format(data: bytes) -> str | None:
@@ -119,15 +119,15 @@ def _signature_format(data: bytes) -> str | None:
 def _check_size(size: tuple[int, int]) -> None:
     width, height = size
     if width <= 0 or height <= 0:
-        raise InvalidRequestError(f"image is empty ({width}x{height} pixels)")
+        raise RequestValidationError(f"image is empty ({width}x{height} pixels)")
     if width * height > MAX_IMAGE_PIXELS:
-        raise InvalidRequestError(
+        raise RequestValidationError(
             f"image is {width}x{height} = {width * height} pixels, over the limit of {MAX_IMAGE_PIXELS} "
             "pixels (refused as a decompression bomb)"
         )
     ratio = max(width, height) / min(width, height)
     if ratio > MAX_ASPECT_RATIO:
-        raise InvalidRequestError(
+        raise RequestValidationError(
             f"image is {width}x{height} pixels: aspect ratio {ratio:g} is over the limit of "
             f"{MAX_ASPECT_RATIO:g}"
         )
@@ -143,7 +143,9 @@ def _to_rgb(image: Image.Image) -> Image.Image:
             return Image.alpha_composite(Image.new("RGBA", rgba.size, _WHITE), rgba).convert("RGB")
         return image.convert("RGB")
     except ValueError as exc:
-        raise InvalidRequestError(f"image mode {mode} cannot be converted to RGB: {_describe(exc)}") from None
+        raise RequestValidationError(
+            f"image mode {mode} cannot be converted to RGB: {_describe(exc)}"
+        ) from None
 
 
 def _sixteen_bit_to_l(image: Image.Image) -> Image.Image:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .contract import MAX_PROMPT_CHARS
-from .errors import InvalidRequestError
+from .errors import RequestValidationError
 
 SETTINGS_FILE = "retrieval.json"
 
@@ -53,20 +53,20 @@ class RetrievalSettings:
 
 
 def text_from_input(item: object) -> str:
-    """One element of a ``text_input`` tensor as ``str``; bad ones are InvalidRequestError."""
+    """One element of a ``text_input`` tensor as ``str``; bad ones are RequestValidationError."""
     if isinstance(item, bytes):
         try:
             text = item.decode("utf-8")
         except UnicodeDecodeError:
-            raise InvalidRequestError("input 'text_input' is not valid UTF-8") from None
+            raise RequestValidationError("input 'text_input' is not valid UTF-8") from None
     elif isinstance(item, str):
         text = item
     else:
-        raise InvalidRequestError(f"input 'text_input' must be bytes, got {type(item).__name__}")
+        raise RequestValidationError(f"input 'text_input' must be bytes, got {type(item).__name__}")
     if not text.strip():
-        raise InvalidRequestError("input 'text_input' is empty: send a non-empty text")
+        raise RequestValidationError("input 'text_input' is empty: send a non-empty text")
     if len(text) > MAX_PROMPT_CHARS:
-        raise InvalidRequestError(
+        raise RequestValidationError(
             f"input 'text_input' has {len(text)} characters, over the limit of {MAX_PROMPT_CHARS}"
         )
     return text
@@ -95,7 +95,7 @@ class TextTokenizer:
         vocab_size = self.settings.vocab_size
         if vocab_size and any(i >= vocab_size for i in encoded):
             tokens = {self.tokenizer.convert_ids_to_tokens(i) for i in encoded if i >= vocab_size}
-            raise InvalidRequestError(
+            raise RequestValidationError(
                 f"input 'text_input' contains tokens the model has no embedding for: {sorted(tokens)}"
             )
         return [*self.settings.prefix_ids, *encoded]

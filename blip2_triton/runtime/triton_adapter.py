@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from .errors import InvalidRequestError
+from .errors import RequestValidationError
 
 
 class ModelLogger:
@@ -31,7 +31,7 @@ class ModelLogger:
 
 def error_response(exc: BaseException, logger: ModelLogger):
     """A response carrying a one-line error: INVALID_ARG for bad input, INTERNAL (logged) otherwise."""
-    if isinstance(exc, InvalidRequestError):
+    if isinstance(exc, RequestValidationError):
         return pb_utils.InferenceResponse(
             error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
         )
@@ -127,6 +127,6 @@ async def call_model(model_name: str, inputs: dict[str, np.ndarray], outputs: Se
         error = response.error()
         code = error.code() if hasattr(error, "code") else None
         if code == pb_utils.TritonError.INVALID_ARG:
-            raise InvalidRequestError(error.message())
+            raise RequestValidationError(error.message())
         raise StepFailedError(f"{model_name}: {error.message()}")
     return {name: pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in outputs}

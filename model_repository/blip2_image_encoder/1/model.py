@@ -8,7 +8,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from blip2_runtime.errors import InvalidRequestError
+from blip2_runtime.errors import RequestValidationError
 from blip2_runtime.retrieval import IMAGE_EMBEDS, PIXEL_VALUES, VISION_HIDDEN_STATES, OnnxGraph
 from blip2_runtime.triton_adapter import ModelLogger, input_array, model_parameter, respond_batched
 
@@ -29,7 +29,7 @@ class TritonPythonModel:
     def _parse(self, request):
         pixel_values = input_array(request, PIXEL_VALUES)
         if pixel_values is None:
-            raise InvalidRequestError(f"input '{PIXEL_VALUES}' is required")
+            raise RequestValidationError(f"input '{PIXEL_VALUES}' is required")
         return list(pixel_values)
 
     def _run(self, items):

@@ -17,7 +17,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from blip2_runtime import contract as C
-from blip2_runtime.errors import InvalidRequestError
+from blip2_runtime.errors import RequestValidationError
 from blip2_runtime.preprocess import ImagePreprocessor
 from blip2_runtime.retrieval import RetrievalSettings, TextTokenizer, text_from_input
 from blip2_runtime.triton_adapter import ModelLogger, call_model, error_response, input_array, output_response
@@ -46,7 +46,7 @@ class TritonPythonModel:
         text = input_array(request, C.RETRIEVAL_TEXT.name)
         for name, array in ((C.IMAGE.name, image), (C.RETRIEVAL_TEXT.name, text)):
             if array is None:
-                raise InvalidRequestError(f"input '{name}' is required")
+                raise RequestValidationError(f"input '{name}' is required")
         for item in text.reshape(-1):
             self.tokenizer.ids(text_from_input(item))
         pixel_values = await asyncio.to_thread(self._pixels, image)
@@ -73,4 +73,4 @@ def _image_bytes(item) -> bytes:
         return item
     if isinstance(item, str):
         return item.encode("latin-1")
-    raise InvalidRequestError(f"input 'image' must be bytes, got {type(item).__name__}")
+    raise RequestValidationError(f"input 'image' must be bytes, got {type(item).__name__}")

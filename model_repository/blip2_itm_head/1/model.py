@@ -8,7 +8,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from blip2_runtime.errors import InvalidRequestError
+from blip2_runtime.errors import RequestValidationError
 from blip2_runtime.retrieval import (
     ATTENTION_MASK,
     IMAGE_EMBEDS,
@@ -44,7 +44,7 @@ class TritonPythonModel:
         arrays = [input_array(request, name) for name in _INPUTS]
         for name, array in zip(_INPUTS, arrays, strict=True):
             if array is None:
-                raise InvalidRequestError(f"input '{name}' is required")
+                raise RequestValidationError(f"input '{name}' is required")
         hidden, image_embeds, text_embeds, texts = arrays
         texts = [text_from_input(item) for item in texts.reshape(len(texts), -1)[:, 0]]
         for text in texts:

@@ -9,8 +9,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from blip2_runtime.contract import GENERATION_INPUT_NAMES
-from blip2_runtime.engine import GenerationRequest, load_engine
-from blip2_runtime.errors import InvalidRequestError
+from blip2_runtime.engine import GenerationRequest
+from blip2_runtime.engine_factory import load_engine
+from blip2_runtime.errors import RequestValidationError
 from blip2_runtime.generation import parse_prompt, parse_settings
 from blip2_runtime.triton_adapter import (
     ModelLogger,
@@ -63,7 +64,7 @@ class TritonPythonModel:
 def _parse_request(request) -> list[GenerationRequest]:
     query_embeds = input_array(request, "query_embeds")
     if query_embeds is None:
-        raise InvalidRequestError("input 'query_embeds' is required")
+        raise RequestValidationError("input 'query_embeds' is required")
     prompts = input_array(request, "text_input")
     settings_inputs = {name: input_array(request, name) for name in GENERATION_INPUT_NAMES}
     rows = []

@@ -8,7 +8,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from blip2_runtime.errors import InvalidRequestError
+from blip2_runtime.errors import RequestValidationError
 from blip2_runtime.preprocess import ImagePreprocessor
 from blip2_runtime.triton_adapter import ModelLogger, input_array, output_response, respond_each
 
@@ -26,7 +26,7 @@ class TritonPythonModel:
     def _handle(self, request):
         images = input_array(request, "image")
         if images is None:
-            raise InvalidRequestError("input 'image' is required")
+            raise RequestValidationError("input 'image' is required")
         pixel_values = [self.preprocessor(_image_bytes(item)) for item in images.reshape(-1)]
         return output_response({"pixel_values": np.stack(pixel_values)})
 
@@ -36,4 +36,4 @@ def _image_bytes(item) -> bytes:
         return item
     if isinstance(item, str):
         return item.encode("latin-1")
-    raise InvalidRequestError(f"input 'image' must be bytes, got {type(item).__name__}")
+    raise RequestValidationError(f"input 'image' must be bytes, got {type(item).__name__}")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from blip2_runtime.errors import InvalidRequestError
+from blip2_runtime.errors import RequestValidationError
 from blip2_runtime.retrieval import (
     ATTENTION_MASK,
     INPUT_IDS,
@@ -36,7 +36,7 @@ class TritonPythonModel:
     def _parse(self, request):
         texts = input_array(request, "text_input")
         if texts is None:
-            raise InvalidRequestError("input 'text_input' is required")
+            raise RequestValidationError("input 'text_input' is required")
         items = [text_from_input(item) for item in texts.reshape(-1)]
         for text in items:
             self.tokenizer.ids(text)  # a text the model cannot embed fails its own request only
