@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from blip2_triton.runtime import retrieval as R
+from blip2_triton.runtime import contract as C
+from blip2_triton.runtime.text_matching import RetrievalSettings
 
 from .errors import ExportError
 from .onnx_vision import OPSET
@@ -130,34 +131,34 @@ def export_retrieval_onnx(
         image,
         (pixels,),
         paths["image"],
-        [R.PIXEL_VALUES],
-        [R.IMAGE_EMBEDS, R.VISION_HIDDEN_STATES],
-        {R.PIXEL_VALUES: batch, R.IMAGE_EMBEDS: batch, R.VISION_HIDDEN_STATES: batch},
+        [C.PIXEL_VALUES],
+        [C.IMAGE_EMBEDS.name, C.VISION_HIDDEN_STATES],
+        {C.PIXEL_VALUES: batch, C.IMAGE_EMBEDS.name: batch, C.VISION_HIDDEN_STATES: batch},
     )
     _export(
         text,
         (ids, mask),
         paths["text"],
-        [R.INPUT_IDS, R.ATTENTION_MASK],
-        [R.TEXT_EMBEDS],
-        {R.INPUT_IDS: text_axes, R.ATTENTION_MASK: text_axes, R.TEXT_EMBEDS: batch},
+        [C.INPUT_IDS, C.ATTENTION_MASK],
+        [C.TEXT_EMBEDS.name],
+        {C.INPUT_IDS: text_axes, C.ATTENTION_MASK: text_axes, C.TEXT_EMBEDS.name: batch},
     )
     _export(
         itm,
         (hidden, ids, mask),
         paths["itm"],
-        [R.VISION_HIDDEN_STATES, R.INPUT_IDS, R.ATTENTION_MASK],
-        [R.ITM_SCORE],
+        [C.VISION_HIDDEN_STATES, C.INPUT_IDS, C.ATTENTION_MASK],
+        [C.ITM_SCORE.name],
         {
-            R.VISION_HIDDEN_STATES: batch,
-            R.INPUT_IDS: text_axes,
-            R.ATTENTION_MASK: text_axes,
-            R.ITM_SCORE: batch,
+            C.VISION_HIDDEN_STATES: batch,
+            C.INPUT_IDS: text_axes,
+            C.ATTENTION_MASK: text_axes,
+            C.ITM_SCORE.name: batch,
         },
     )
 
 
-def _random_texts(settings: R.RetrievalSettings, vocab_size: int, specials: set[int], generator):
+def _random_texts(settings: RetrievalSettings, vocab_size: int, specials: set[int], generator):
     """Three padded texts of different lengths, as the runtime builds them (prefix included)."""
     import torch
 
@@ -178,7 +179,7 @@ def _random_texts(settings: R.RetrievalSettings, vocab_size: int, specials: set[
 def verify_retrieval_onnx(
     model: Any,
     image_size: tuple[int, int],
-    settings: R.RetrievalSettings,
+    settings: RetrievalSettings,
     model_ids: Any,
     paths: dict[str, Path],
 ) -> dict[str, float]:
@@ -214,12 +215,12 @@ def verify_retrieval_onnx(
         name: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         for name, path in paths.items()
     }
-    image_embeds, hidden = sessions["image"].run(None, {R.PIXEL_VALUES: pixels.numpy()})
-    feeds = {R.INPUT_IDS: ids.numpy(), R.ATTENTION_MASK: mask.numpy()}
+    image_embeds, hidden = sessions["image"].run(None, {C.PIXEL_VALUES: pixels.numpy()})
+    feeds = {C.INPUT_IDS: ids.numpy(), C.ATTENTION_MASK: mask.numpy()}
     actual = {
         "image": image_embeds,
         "text": sessions["text"].run(None, feeds)[0],
-        "itm": sessions["itm"].run(None, {R.VISION_HIDDEN_STATES: hidden, **feeds})[0],
+        "itm": sessions["itm"].run(None, {C.VISION_HIDDEN_STATES: hidden, **feeds})[0],
     }
     diffs = {}
     for name, want in expected.items():

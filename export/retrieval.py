@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from blip2_triton.runtime import contract as C
-from blip2_triton.runtime.retrieval import RetrievalSettings
+from blip2_triton.runtime.text_matching import RetrievalSettings
 
 from .checkpoint import load_pretrained
 from .configs import template_dir, validate_repository, write_config
@@ -85,7 +85,7 @@ class RetrievalCheckpoint:
         return int(self.model.config.vision_config.hidden_size)
 
     def text_settings(self) -> RetrievalSettings:
-        """How texts reach the Q-Former, read from the processor and the config (see runtime.retrieval)."""
+        """How texts reach the Q-Former, read from the processor and the config (see runtime.text_matching)."""
         config, processor = self.model.config, self.processor
         tokenizer = processor.tokenizer
         processor_queries = getattr(processor, "num_query_tokens", None)

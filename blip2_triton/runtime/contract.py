@@ -141,6 +141,9 @@ IMAGE_ENCODER_MODEL = "blip2_image_encoder"
 ITM_HEAD_MODEL = "blip2_itm_head"
 # Internal wire: the vision encoder's last hidden state (CLS + patches), the ITM head's keys/values.
 VISION_HIDDEN_STATES = "vision_hidden_states"
+# Inputs of the exported text graphs (the Q-Former's tokens), set at export.
+INPUT_IDS = "input_ids"
+ATTENTION_MASK = "attention_mask"
 
 RETRIEVAL_TEXT = TensorSpec("text_input", "TYPE_STRING", (1,), doc="text; empty is refused")
 # dims of the embeddings depend on the checkpoint: -1 here, the exported configs carry the real ones.

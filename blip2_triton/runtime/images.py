@@ -156,3 +156,12 @@ def _sixteen_bit_to_l(image: Image.Image) -> Image.Image:
 
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def image_from_input(item: object) -> bytes:
+    """One element of an ``image`` tensor (TYPE_STRING) as bytes; anything else is refused."""
+    if isinstance(item, bytes):
+        return item
+    if isinstance(item, str):
+        return item.encode("latin-1")
+    raise RequestValidationError(f"input 'image' must be bytes, got {type(item).__name__}")

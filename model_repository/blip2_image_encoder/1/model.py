@@ -8,8 +8,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from blip2_runtime.contract import IMAGE_EMBEDS, PIXEL_VALUES, VISION_HIDDEN_STATES
 from blip2_runtime.errors import RequestValidationError
-from blip2_runtime.retrieval import IMAGE_EMBEDS, PIXEL_VALUES, VISION_HIDDEN_STATES, OnnxGraph
+from blip2_runtime.onnx_graph import OnnxGraph
 from blip2_runtime.triton_adapter import ModelLogger, input_array, model_parameter, respond_batched
 
 
@@ -33,6 +34,6 @@ class TritonPythonModel:
         return list(pixel_values)
 
     def _run(self, items):
-        outputs = [IMAGE_EMBEDS, VISION_HIDDEN_STATES]
+        outputs = [IMAGE_EMBEDS.name, VISION_HIDDEN_STATES]
         image_embeds, hidden = self.graph(outputs, **{PIXEL_VALUES: np.stack(items).astype(np.float32)})
-        return {IMAGE_EMBEDS: image_embeds, VISION_HIDDEN_STATES: hidden}
+        return {IMAGE_EMBEDS.name: image_embeds, VISION_HIDDEN_STATES: hidden}

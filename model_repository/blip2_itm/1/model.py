@@ -18,8 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from blip2_runtime import contract as C
 from blip2_runtime.errors import RequestValidationError
+from blip2_runtime.images import image_from_input
 from blip2_runtime.preprocess import ImagePreprocessor
-from blip2_runtime.retrieval import RetrievalSettings, TextTokenizer, text_from_input
+from blip2_runtime.text_matching import RetrievalSettings, TextTokenizer, text_from_input
 from blip2_runtime.triton_adapter import ModelLogger, call_model, error_response, input_array, output_response
 
 
@@ -65,12 +66,4 @@ class TritonPythonModel:
         )
 
     def _pixels(self, images):
-        return np.stack([self.preprocessor(_image_bytes(item)) for item in images.reshape(-1)])
-
-
-def _image_bytes(item) -> bytes:
-    if isinstance(item, bytes):
-        return item
-    if isinstance(item, str):
-        return item.encode("latin-1")
-    raise RequestValidationError(f"input 'image' must be bytes, got {type(item).__name__}")
+        return np.stack([self.preprocessor(image_from_input(item)) for item in images.reshape(-1)])

@@ -8,23 +8,22 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from blip2_runtime.errors import RequestValidationError
-from blip2_runtime.retrieval import (
+from blip2_runtime.contract import (
     ATTENTION_MASK,
     IMAGE_EMBEDS,
     INPUT_IDS,
+    ITC_SCORE,
     ITM_SCORE,
+    RETRIEVAL_TEXT,
     TEXT_EMBEDS,
     VISION_HIDDEN_STATES,
-    OnnxGraph,
-    RetrievalSettings,
-    TextTokenizer,
-    itc_scores,
-    text_from_input,
 )
+from blip2_runtime.errors import RequestValidationError
+from blip2_runtime.onnx_graph import OnnxGraph
+from blip2_runtime.text_matching import RetrievalSettings, TextTokenizer, itc_scores, text_from_input
 from blip2_runtime.triton_adapter import ModelLogger, input_array, model_parameter, respond_batched
 
-_INPUTS = (VISION_HIDDEN_STATES, IMAGE_EMBEDS, TEXT_EMBEDS, "text_input")
+_INPUTS = (VISION_HIDDEN_STATES, IMAGE_EMBEDS.name, TEXT_EMBEDS.name, RETRIEVAL_TEXT.name)
 
 
 class TritonPythonModel:
@@ -55,8 +54,8 @@ class TritonPythonModel:
         hidden, image_embeds, text_embeds, texts = zip(*items, strict=True)
         input_ids, attention_mask = self.tokenizer.batch(list(texts))
         (itm,) = self.graph(
-            [ITM_SCORE],
+            [ITM_SCORE.name],
             **{VISION_HIDDEN_STATES: np.stack(hidden), INPUT_IDS: input_ids, ATTENTION_MASK: attention_mask},
         )
         itc = itc_scores(np.stack(image_embeds), np.stack(text_embeds))
-        return {ITM_SCORE: itm.reshape(-1, 1), "itc_score": itc.reshape(-1, 1)}
+        return {ITM_SCORE.name: itm.reshape(-1, 1), ITC_SCORE.name: itc.reshape(-1, 1)}

@@ -8,7 +8,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from blip2_runtime.contract import GENERATION_INPUT_NAMES
+from blip2_runtime.contract import GENERATION_INPUT_NAMES, QUERY_EMBEDS, TEXT_INPUT, TEXT_OUTPUT
 from blip2_runtime.engine import GenerationRequest
 from blip2_runtime.engine_factory import load_engine
 from blip2_runtime.errors import RequestValidationError
@@ -54,7 +54,7 @@ class TritonPythonModel:
                 responses.append(error_response(failed, self.logger))
             else:
                 encoded = np.array([[t.encode("utf-8")] for t in texts], dtype=np.object_)
-                responses.append(output_response({"text_output": encoded}))
+                responses.append(output_response({TEXT_OUTPUT.name: encoded}))
         return responses
 
     def finalize(self):
@@ -62,10 +62,10 @@ class TritonPythonModel:
 
 
 def _parse_request(request) -> list[GenerationRequest]:
-    query_embeds = input_array(request, "query_embeds")
+    query_embeds = input_array(request, QUERY_EMBEDS)
     if query_embeds is None:
-        raise RequestValidationError("input 'query_embeds' is required")
-    prompts = input_array(request, "text_input")
+        raise RequestValidationError(f"input '{QUERY_EMBEDS}' is required")
+    prompts = input_array(request, TEXT_INPUT.name)
     settings_inputs = {name: input_array(request, name) for name in GENERATION_INPUT_NAMES}
     rows = []
     for row in range(query_embeds.shape[0]):

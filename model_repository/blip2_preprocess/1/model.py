@@ -8,7 +8,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from blip2_runtime.contract import IMAGE, PIXEL_VALUES
 from blip2_runtime.errors import RequestValidationError
+from blip2_runtime.images import image_from_input
 from blip2_runtime.preprocess import ImagePreprocessor
 from blip2_runtime.triton_adapter import ModelLogger, input_array, output_response, respond_each
 
@@ -24,16 +26,8 @@ class TritonPythonModel:
         return respond_each(requests, self._handle, self.logger)
 
     def _handle(self, request):
-        images = input_array(request, "image")
+        images = input_array(request, IMAGE.name)
         if images is None:
-            raise RequestValidationError("input 'image' is required")
-        pixel_values = [self.preprocessor(_image_bytes(item)) for item in images.reshape(-1)]
-        return output_response({"pixel_values": np.stack(pixel_values)})
-
-
-def _image_bytes(item) -> bytes:
-    if isinstance(item, bytes):
-        return item
-    if isinstance(item, str):
-        return item.encode("latin-1")
-    raise RequestValidationError(f"input 'image' must be bytes, got {type(item).__name__}")
+            raise RequestValidationError(f"input '{IMAGE.name}' is required")
+        pixel_values = [self.preprocessor(image_from_input(item)) for item in images.reshape(-1)]
+        return output_response({PIXEL_VALUES: np.stack(pixel_values)})

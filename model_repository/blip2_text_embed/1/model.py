@@ -6,16 +6,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from blip2_runtime.contract import ATTENTION_MASK, INPUT_IDS, RETRIEVAL_TEXT, TEXT_EMBEDS
 from blip2_runtime.errors import RequestValidationError
-from blip2_runtime.retrieval import (
-    ATTENTION_MASK,
-    INPUT_IDS,
-    TEXT_EMBEDS,
-    OnnxGraph,
-    RetrievalSettings,
-    TextTokenizer,
-    text_from_input,
-)
+from blip2_runtime.onnx_graph import OnnxGraph
+from blip2_runtime.text_matching import RetrievalSettings, TextTokenizer, text_from_input
 from blip2_runtime.triton_adapter import ModelLogger, input_array, model_parameter, respond_batched
 
 
@@ -34,9 +28,9 @@ class TritonPythonModel:
         return respond_batched(requests, self._parse, self._run, self.logger)
 
     def _parse(self, request):
-        texts = input_array(request, "text_input")
+        texts = input_array(request, RETRIEVAL_TEXT.name)
         if texts is None:
-            raise RequestValidationError("input 'text_input' is required")
+            raise RequestValidationError(f"input '{RETRIEVAL_TEXT.name}' is required")
         items = [text_from_input(item) for item in texts.reshape(-1)]
         for text in items:
             self.tokenizer.ids(text)  # a text the model cannot embed fails its own request only
@@ -44,5 +38,7 @@ class TritonPythonModel:
 
     def _run(self, texts):
         input_ids, attention_mask = self.tokenizer.batch(texts)
-        (text_embeds,) = self.graph([TEXT_EMBEDS], **{INPUT_IDS: input_ids, ATTENTION_MASK: attention_mask})
-        return {TEXT_EMBEDS: text_embeds}
+        (text_embeds,) = self.graph(
+            [TEXT_EMBEDS.name], **{INPUT_IDS: input_ids, ATTENTION_MASK: attention_mask}
+        )
+        return {TEXT_EMBEDS.name: text_embeds}

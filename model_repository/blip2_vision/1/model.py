@@ -8,13 +8,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from blip2_runtime.triton_adapter import (
-    ModelLogger,
-    error_response,
-    input_array,
-    model_parameter,
-    output_response,
-)
+from blip2_runtime.contract import PIXEL_VALUES, QUERY_EMBEDS
+from blip2_runtime.errors import RequestValidationError
+from blip2_runtime.triton_adapter import ModelLogger, input_array, model_parameter, respond_batched
 from blip2_runtime.vision import OnnxVisionEncoder
 
 
@@ -29,13 +25,13 @@ class TritonPythonModel:
 
     def execute(self, requests):
         """One onnxruntime run for the whole dynamic batch, split back per request."""
-        try:
-            arrays = [input_array(request, "pixel_values") for request in requests]
-            query_embeds = self.encoder(np.concatenate(arrays))
-        except Exception as exc:
-            return [error_response(exc, self.logger) for _ in requests]
-        responses, start = [], 0
-        for array in arrays:
-            responses.append(output_response({"query_embeds": query_embeds[start : start + len(array)]}))
-            start += len(array)
-        return responses
+        return respond_batched(requests, self._parse, self._run, self.logger)
+
+    def _parse(self, request):
+        pixel_values = input_array(request, PIXEL_VALUES)
+        if pixel_values is None:
+            raise RequestValidationError(f"input '{PIXEL_VALUES}' is required")
+        return list(pixel_values)
+
+    def _run(self, items):
+        return {QUERY_EMBEDS: self.encoder(np.stack(items))}

@@ -1,4 +1,4 @@
-"""Image-text retrieval: text tokenisation, the exported ONNX graphs and the ITC score.
+"""Image-text matching (retrieval checkpoints): text tokenisation and the ITC score.
 
 What ``Blip2Processor`` + ``Blip2ForImageTextRetrieval`` do to a text, done here without torch:
 the processor puts ``num_query_tokens`` image tokens before the tokenised text, and the model
@@ -18,15 +18,6 @@ from .contract import MAX_PROMPT_CHARS
 from .errors import RequestValidationError
 
 SETTINGS_FILE = "retrieval.json"
-
-# Tensor names of the exported graphs (the export sets them).
-PIXEL_VALUES = "pixel_values"
-IMAGE_EMBEDS = "image_embeds"
-VISION_HIDDEN_STATES = "vision_hidden_states"
-INPUT_IDS = "input_ids"
-ATTENTION_MASK = "attention_mask"
-TEXT_EMBEDS = "text_embeds"
-ITM_SCORE = "itm_score"
 
 
 @dataclass(frozen=True)
@@ -110,28 +101,6 @@ class TextTokenizer:
             input_ids[i, : len(row)] = row
             attention_mask[i, : len(row)] = 1
         return input_ids, attention_mask
-
-
-class OnnxGraph:
-    """One exported graph in an onnxruntime session (CUDA when available, else CPU)."""
-
-    def __init__(
-        self, model_path: str | Path, *, providers: list[str] | None = None, threads: int = 0
-    ) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        available = ort.get_available_providers()
-        wanted = providers or ["CUDAExecutionProvider", "CPUExecutionProvider"]
-        chosen = [p for p in wanted if p in available]
-        self.session = ort.InferenceSession(str(model_path), sess_options=options, providers=chosen)
-        self.input_names = [i.name for i in self.session.get_inputs()]
-
-    def __call__(self, outputs: list[str], **feeds: np.ndarray) -> list[np.ndarray]:
-        results = self.session.run(outputs, {name: np.ascontiguousarray(feeds[name]) for name in feeds})
-        return [np.asarray(r, dtype=np.float32) for r in results]
 
 
 def itc_scores(image_embeds: np.ndarray, text_embeds: np.ndarray) -> np.ndarray:
