@@ -20,10 +20,10 @@ setup: ## create .venv with everything pinned (tritonserver included); fast when
 	@bash scripts/setup.sh
 
 demo: setup ## end to end: build (or take MODEL=<hub id|folder>), export, serve, caption and ask, stop
-	@$(BIN)/python -m blip2_triton.demo $(if $(MODEL),--model "$(MODEL)") --work-dir "$(WORK)/demo"
+	@$(BIN)/python -P -m blip2_triton.demo $(if $(MODEL),--model "$(MODEL)") --work-dir "$(WORK)/demo"
 
 test: setup ## run the test suite against a real tritonserver
-	@$(BIN)/python -m pytest -q
+	@$(BIN)/python -P -m pytest -q
 
 lint: setup ## ruff check + format check, hadolint on the Dockerfiles, deployment manifests check
 	@$(BIN)/ruff check . && $(BIN)/ruff format --check .

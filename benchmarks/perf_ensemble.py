@@ -38,9 +38,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from blip2_triton.fixtures import samples_dir
+
 ROOT = Path(__file__).resolve().parent.parent
-SAMPLES = ROOT / "samples"
-DEFAULT_IMAGE = SAMPLES / "sky_circle.jpg"
+DEFAULT_IMAGE = samples_dir() / "sky_circle.jpg"
 ENSEMBLE = "blip2"
 STEPS = ("blip2_preprocess", "blip2_vision", "blip2_llm")
 SHORT = {"blip2_preprocess": "pre", "blip2_vision": "vis", "blip2_llm": "llm"}
@@ -390,7 +391,7 @@ def _prepare_repository(args, work: Path) -> Path:
             raise BenchmarkError(f"{repository} is not a BLIP-2 model repository (no {ENSEMBLE}/ folder)")
         return repository
     from blip2_triton.export.repository import ExportOptions, export_repository
-    from blip2_triton.tiny import build_tiny_checkpoint
+    from blip2_triton.fixtures.tiny_checkpoints import build_tiny_checkpoint
 
     started = time.monotonic()
     _say("== building a tiny BLIP-2 (OPT) checkpoint (random weights) and exporting it")
@@ -601,11 +602,11 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, terminate)
     from blip2_triton.export.errors import ExportError
-    from blip2_triton.server import ServerError
+    from blip2_triton.server import ServerProcessError
 
     try:
         return run(args)
-    except (BenchmarkError, ServerError, ExportError) as exc:
+    except (BenchmarkError, ServerProcessError, ExportError) as exc:
         print(f"perf_ensemble: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

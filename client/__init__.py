@@ -2,8 +2,8 @@
 
 >>> from blip2_triton.client import Blip2Client
 >>> with Blip2Client("localhost:8001") as client:
-...     client.caption("samples/sky_circle.jpg")
-...     client.ask("samples/sky_circle.jpg", "what is in the sky?", max_tokens=10)
+...     client.caption("blip2_triton/fixtures/samples/sky_circle.jpg")
+...     client.ask("blip2_triton/fixtures/samples/sky_circle.jpg", "what is in the sky?", max_tokens=10)
 
 :class:`Blip2Client` blocks; :class:`AsyncBlip2Client` has the same constructor and method names,
 as coroutines. Every error raised on purpose is a :class:`Blip2ClientError`.

@@ -5,8 +5,8 @@ perf_analyzer cannot invent a valid encoded image, so its default random input w
 measure the INVALID_ARG path. This file holds real images (base64 in the JSON) and, optionally, a
 prompt and ``max_tokens`` for each request; perf_analyzer cycles through the entries.
 
-    python docker/perf_input.py samples/*.jpg samples/*.png -o perf_input.json
-    python docker/perf_input.py samples/sky_circle.jpg --prompt "Question: what is this? Answer:" \\
+    python docker/perf_input.py blip2_triton/fixtures/samples/*.jpg blip2_triton/fixtures/samples/*.png -o perf_input.json
+    python docker/perf_input.py blip2_triton/fixtures/samples/sky_circle.jpg --prompt "Question: what is this? Answer:" \\
         --max-tokens 20 -o perf_vqa.json
     perf_analyzer -m blip2 -u localhost:8001 -i grpc --input-data perf_input.json \\
         --concurrency-range 1:8:2 --measurement-interval 10000

@@ -7,14 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from blip2_triton import fixtures
 from blip2_triton.server import TritonServer, free_ports
 
 from .parity import build_relocated_repository
 from .reference import GenerationReference
 
-ROOT = Path(__file__).resolve().parent.parent
-SAMPLES = ROOT / "samples"
-SAMPLE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+SAMPLES = fixtures.samples_dir()
 
 
 @dataclass
@@ -46,7 +45,7 @@ def start_server(repository: Path, log_file: Path) -> TritonServer:
 
 @pytest.fixture(scope="session")
 def sample_images() -> list[Path]:
-    return sorted(p for p in SAMPLES.iterdir() if p.suffix.lower() in SAMPLE_SUFFIXES)
+    return fixtures.sample_images()
 
 
 @pytest.fixture(scope="session")

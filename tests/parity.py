@@ -36,7 +36,7 @@ def build_relocated_repository(base: Path, family: str, **export_options) -> dic
     the checkpoint is kept aside for the transformers reference.
     """
     from blip2_triton.export.repository import ExportOptions, export_repository
-    from blip2_triton.tiny import build_tiny_checkpoint
+    from blip2_triton.fixtures.tiny_checkpoints import build_tiny_checkpoint
 
     checkpoint = build_tiny_checkpoint(base / "checkpoint", family, image_size=64)
     reference_copy = shutil.copytree(checkpoint, base / "reference_checkpoint")

@@ -38,9 +38,10 @@ from blip2_triton.client.errors import translated_errors
 from blip2_triton.client.prompts import family_from_model_config
 from blip2_triton.client.settings import resolve_settings
 from blip2_triton.client.sync_client import ClientOptions, batch_prompts, llm_family_from_config
+from blip2_triton.fixtures import samples_dir
 from blip2_triton.runtime.contract import GENERATION_INPUT_NAMES, GENERATION_INPUTS, IMAGE, TEXT_INPUT
 
-SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+SAMPLES = samples_dir()
 
 ALL_SETTINGS = GenerationSettings(
     max_tokens=20,

@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from blip2_triton.fixtures import samples_dir
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
 DOCKERFILES = [DOCKER / "Dockerfile", DOCKER / "Dockerfile.cpu"]
@@ -264,7 +266,7 @@ def test_healthcheck_script() -> None:
 
 def test_perf_input_holds_length_prefixed_images() -> None:
     perf = _load("perf_input")
-    image = next(p for p in sorted((ROOT / "samples").iterdir()) if p.suffix == ".jpg")
+    image = next(p for p in sorted(samples_dir().iterdir()) if p.suffix == ".jpg")
     document = perf.build_input_data([image], prompt="Question: what is it? Answer:", max_tokens=12)
     (entry,) = document["data"]
     raw = base64.b64decode(entry["image"]["b64"])

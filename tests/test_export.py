@@ -23,7 +23,7 @@ from blip2_triton.export.configs import (
 from blip2_triton.export.errors import ExportError
 from blip2_triton.export.manifest import verify_manifest
 from blip2_triton.export.repository import ExportOptions, export_repository
-from blip2_triton.tiny import build_tiny_checkpoint
+from blip2_triton.fixtures.tiny_checkpoints import build_tiny_checkpoint
 
 MODELS = {"blip2", "blip2_preprocess", "blip2_vision", "blip2_llm"}
 CLI = [sys.executable, "-m", "blip2_triton.cli"]

@@ -6,18 +6,18 @@ import io
 import struct
 import warnings
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from blip2_triton.fixtures import samples_dir
 from blip2_triton.runtime import images
 from blip2_triton.runtime.contract import MAX_IMAGE_BYTES
 from blip2_triton.runtime.errors import RequestValidationError
 from blip2_triton.runtime.images import decode_image, image_format
 
-SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+SAMPLES = samples_dir()
 
 # name: (width, height) as seen, after the EXIF orientation.
 SAMPLE_SIZES = {

@@ -79,7 +79,7 @@ class RetrievalReference:
 def retrieval_build(tmp_path_factory) -> dict[str, Path]:
     """Tiny retrieval checkpoint -> export -> moved elsewhere, checkpoint deleted (copy kept aside)."""
     from blip2_triton.export.repository import ExportOptions, export_repository
-    from blip2_triton.tiny import build_tiny_checkpoint
+    from blip2_triton.fixtures.tiny_checkpoints import build_tiny_checkpoint
 
     base = tmp_path_factory.mktemp("retrieval")
     checkpoint = build_tiny_checkpoint(base / "checkpoint", "retrieval", image_size=IMAGE_SIZE)

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-SAMPLES = ROOT / "samples"
 QUESTIONS = ("what is in the picture?", "what colour is it?")
 
 
@@ -22,22 +19,16 @@ def _say(message: str) -> None:
     print(message, flush=True)
 
 
-def _sample_images() -> list[Path]:
-    images = sorted(p for p in SAMPLES.iterdir() if p.suffix.lower() not in {".md", ".txt"})
-    if not images:
-        raise SystemExit(f"blip2-triton: error: no sample images in {SAMPLES}")
-    return images
-
-
 def run_demo(model: str | None, work_dir: Path, dtype: str = "fp32", device: str = "cpu") -> int:
     from blip2_triton.client import Blip2Client
     from blip2_triton.export.repository import ExportOptions, export_repository
+    from blip2_triton.fixtures import sample_images
     from blip2_triton.server import TritonServer, free_ports
 
     started = time.monotonic()
     work_dir = work_dir.resolve()
     if model is None:
-        from blip2_triton.tiny import build_tiny_checkpoint
+        from blip2_triton.fixtures.tiny_checkpoints import build_tiny_checkpoint
 
         checkpoint = work_dir / "tiny_checkpoint"
         shutil.rmtree(checkpoint, ignore_errors=True)
@@ -61,7 +52,7 @@ def run_demo(model: str | None, work_dir: Path, dtype: str = "fp32", device: str
     )
     server.start()
     try:
-        images = _sample_images()
+        images = sample_images()
         with Blip2Client(server.grpc_url) as client:
             _say(
                 f"== captions of {len(images)} sample images (caption_batch: concurrent, batched by the server)"
@@ -85,22 +76,28 @@ def run_demo(model: str | None, work_dir: Path, dtype: str = "fp32", device: str
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The demo's options (shared by ``python -m blip2_triton.demo`` and ``blip2-triton demo``)."""
     parser.add_argument("--model", help="hub id or local checkpoint folder (default: build a tiny one)")
     parser.add_argument("--work-dir", default=".work/demo", type=Path)
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
     parser.add_argument("--device", default="cpu")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the demo; an export or server failure is one line on stderr and exit status 1."""
+    from blip2_triton.command_errors import print_error
     from blip2_triton.export.errors import ExportError
-    from blip2_triton.server import ServerError
+    from blip2_triton.server import ServerProcessError
 
     try:
         return run_demo(args.model, args.work_dir, args.dtype, args.device)
-    except (ExportError, ServerError) as exc:
-        print(f"blip2-triton: error: {' '.join(str(exc).split())}", file=sys.stderr)
+    except (ExportError, ServerProcessError) as exc:
+        print_error(exc)
         return 1
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

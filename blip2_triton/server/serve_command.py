@@ -9,8 +9,10 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from blip2_triton.cli import CommandError
-from blip2_triton.server import ServerError, TritonServer
+from blip2_triton.command_errors import CommandError
+
+from .errors import ServerProcessError
+from .process import TritonServer
 
 
 class _StopRequested(Exception):
@@ -40,7 +42,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="how long models may take to load (default: %(default)g)",
     )
     parser.add_argument("--log-verbose", type=int, default=0, metavar="N", help="tritonserver --log-verbose")
-    parser.set_defaults(func=run, expected_errors=(ServerError,))
+    parser.set_defaults(func=run, expected_errors=(ServerProcessError,))
     return parser
 
 
@@ -79,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         while server.is_alive():
             time.sleep(0.5)
         server.stop()
-        raise ServerError(
+        raise ServerProcessError(
             f"tritonserver exited unexpectedly with code {server.returncode} (log: {server.log_path})"
         )
     except _StopRequested:

@@ -1,0 +1,1 @@
+"""The demo: ``make demo``, ``blip2-triton demo`` and ``python -m blip2_triton.demo``."""

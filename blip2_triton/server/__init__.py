@@ -1,0 +1,34 @@
+"""Running the real tritonserver (from the ``nvidia-pytriton`` wheel) on a model repository.
+
+``TritonServer`` is the process; the modules below it each do one job: ``installation`` (where
+the server and our Python-backend stub are), ``environment``, ``ports``, ``log_parsing`` (why a
+start failed) and ``errors``. ``serve_command`` is ``blip2-triton serve``.
+"""
+
+from .environment import server_environment
+from .errors import (
+    ModelLoadError,
+    PortInUseError,
+    ServerProcessError,
+    ServerStartupError,
+    TritonNotInstalledError,
+)
+from .installation import prepare_backend_directory, tritonserver_binary, tritonserver_root
+from .ports import free_port, free_ports, port_in_use
+from .process import TritonServer
+
+__all__ = [
+    "ModelLoadError",
+    "PortInUseError",
+    "ServerProcessError",
+    "ServerStartupError",
+    "TritonNotInstalledError",
+    "TritonServer",
+    "free_port",
+    "free_ports",
+    "port_in_use",
+    "prepare_backend_directory",
+    "server_environment",
+    "tritonserver_binary",
+    "tritonserver_root",
+]

@@ -1,0 +1,60 @@
+"""Reading tritonserver's glog output: why a server that is not ready failed."""
+
+from __future__ import annotations
+
+import re
+
+_LOG_TAIL_LINES = 60
+_MAX_MESSAGE_CHARS = 400
+
+_GLOG = re.compile(r"^([IWEF])\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ [^\]]*\] ?(.*)$")
+_FAILED_LOAD = re.compile(r"failed to load '([^']+)' version \d+: (.*)")
+_BAD_MODEL_DIR = re.compile(r"Poll failed for model directory '([^']+)': (.*)")
+# Logged at error level on every machine without a GPU; not the cause of anything.
+_HARMLESS = ("CudaDriverHelper has not been initialized", "Failed to initialize NVML", "DCGM")
+
+
+def one_line(text: str) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= _MAX_MESSAGE_CHARS else line[: _MAX_MESSAGE_CHARS - 3] + "..."
+
+
+def _glog_message(raw: str) -> str:
+    """The message of a glog line with Triton's quoting undone, cut at its first line break."""
+    if raw.startswith('"'):
+        raw = raw[1:-1] if raw.endswith('"') and len(raw) > 1 else raw[1:]
+        raw = raw.replace("\\n", "\n").replace('\\"', '"').replace("\\\\", "\\")
+    return raw.strip().split("\n", 1)[0].strip()
+
+
+def startup_failure(log: str, returncode: int | None) -> tuple[str, str | None]:
+    """(one-line cause, failing model or None) from the log of a server that is not ready.
+
+    In order: the first model that failed to load, the first other error line, the server's
+    final ``error: ...`` line, the exit code; "" when nothing explains it (still starting).
+    """
+    first_error = None
+    final_error = None
+    for line in log.splitlines():
+        if line.startswith("error: "):
+            final_error = final_error or line.removeprefix("error: ").strip()
+            continue
+        match = _GLOG.match(line)
+        if not match or match.group(1) not in "EF":
+            continue
+        message = _glog_message(match.group(2))
+        failed = _FAILED_LOAD.search(message) or _BAD_MODEL_DIR.search(message)
+        if failed:
+            detail = failed.group(2).removeprefix("Internal: ").strip()
+            return f"model '{failed.group(1)}' failed to load: {detail}", failed.group(1)
+        if first_error is None and message and not any(h in message for h in _HARMLESS):
+            first_error = message
+    if first_error or final_error:
+        return first_error or final_error or "", None
+    if returncode is None:
+        return "", None
+    return f"tritonserver exited with code {returncode}", None
+
+
+def tail(text: str, lines: int = _LOG_TAIL_LINES) -> str:
+    return "\n".join(text.splitlines()[-lines:])

@@ -1,0 +1,1 @@
+"""Committed sources of the model repository: config templates and the Python-backend model.py files."""

@@ -1,0 +1,200 @@
+"""The shape of the package: no import circle, one name per module, a wheel that builds clean.
+
+The import graph is read from the source with ``ast`` (every import, at module level or inside a
+function, counts: a lazy import hides a circle, it does not remove it) so that a circle fails here
+the day it is written, whatever order the modules happen to be imported in.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import blip2_triton
+
+PACKAGE = "blip2_triton"
+ROOT = Path(__file__).resolve().parent.parent
+# Top-level folders of the checkout that are parts of the package under another name.
+MAPPED_FOLDERS = ("export", "client", "model_repository")
+# Modules that only Triton's Python-backend stub can import (it provides triton_python_backend_utils).
+STUB_ONLY = ("blip2_triton.runtime.triton_adapter",)
+
+
+def _package_modules() -> dict[str, Path]:
+    """Every module of the package by its dotted name, with its source file."""
+    modules = {PACKAGE: Path(blip2_triton.__file__)}
+    roots = [(blip2_triton.__path__, f"{PACKAGE}.")]
+    for folder in MAPPED_FOLDERS:  # mapped from elsewhere: not under blip2_triton.__path__
+        package = importlib.import_module(f"{PACKAGE}.{folder}")
+        modules[package.__name__] = Path(package.__file__)
+        roots.append((package.__path__, f"{package.__name__}."))
+    for path, prefix in roots:
+        for info in pkgutil.walk_packages(path, prefix=prefix):
+            spec = importlib.util.find_spec(info.name)
+            if spec is not None and spec.origin and spec.origin.endswith(".py"):
+                modules[info.name] = Path(spec.origin)
+    return modules
+
+
+def _imported_names(name: str, path: Path, known: set[str]) -> set[str]:
+    """The package modules that module ``name`` (source ``path``) imports."""
+    is_package = path.name == "__init__.py"
+    package = name if is_package else name.rpartition(".")[0]
+    found: set[str] = set()
+
+    def add(candidate: str) -> None:
+        while candidate and candidate not in known:  # `from x.y import Class` -> module x.y
+            candidate = candidate.rpartition(".")[0]
+        if candidate and candidate != name:
+            found.add(candidate)
+
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                add(alias.name)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            for alias in node.names:  # `from . import errors` imports the submodule errors
+                submodule = f"{module}.{alias.name}"
+                add(submodule if submodule in known else module)
+    return found
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(graph[node]):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                components.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return components
+
+
+def test_the_package_has_no_import_circle() -> None:
+    modules = _package_modules()
+    known = set(modules)
+    graph = {name: _imported_names(name, path, known) for name, path in modules.items()}
+    assert len(modules) > 40, sorted(modules)  # the walk really found the package
+    assert _cycles(graph) == []
+
+
+def test_the_cycle_finder_finds_a_circle() -> None:
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_every_module_loads_under_one_name_only() -> None:
+    """Importing the whole package loads each source file once, under a ``blip2_triton.`` name."""
+    for name in _package_modules():
+        if name not in STUB_ONLY and not name.endswith(".__main__"):
+            importlib.import_module(name)
+    names_by_file: dict[str, list[str]] = {}
+    for name, module in list(sys.modules.items()):
+        source = getattr(module, "__file__", None)
+        if not source or not Path(source).is_absolute():  # torch.ops and the like: no real file
+            continue
+        parts = (
+            Path(source).resolve().relative_to(ROOT).parts
+            if source and Path(source).resolve().is_relative_to(ROOT)
+            else ()
+        )
+        if parts and parts[0] not in (".venv", "tests"):
+            names_by_file.setdefault(str(Path(source).resolve()), []).append(name)
+    assert names_by_file, "no module of the checkout was loaded"
+    doubles = {path: names for path, names in names_by_file.items() if len(names) > 1}
+    assert doubles == {}
+    assert [n for names in names_by_file.values() for n in names if not n.startswith(PACKAGE)] == []
+    assert not [name for name in sys.modules if name.split(".")[0] in MAPPED_FOLDERS]
+
+
+def test_the_source_never_imports_a_folder_by_its_checkout_name() -> None:
+    modules = _package_modules()
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                roots = [alias.name.split(".")[0] for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                roots = [node.module.split(".")[0]]
+            else:
+                continue
+            assert not set(roots) & set(MAPPED_FOLDERS), f"{name} imports {roots}"
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The wheel built from the checkout, and the build's output."""
+    out = tmp_path_factory.mktemp("wheel")
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(out),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert build.returncode == 0, build.stdout + build.stderr
+    (path,) = out.glob("blip2_triton-*.whl")
+    return path, build.stdout + build.stderr
+
+
+def test_the_wheel_builds_without_warnings(wheel: tuple[Path, str]) -> None:
+    _, output = wheel
+    assert "would be ignored" not in output
+    assert "Warning" not in output
+
+
+def test_the_wheel_ships_what_an_installed_package_needs(wheel: tuple[Path, str]) -> None:
+    import zipfile
+
+    path, _ = wheel
+    names = set(zipfile.ZipFile(path).namelist())
+    for model in ("blip2", "blip2_llm", "blip2_vision", "blip2_preprocess", "blip2_itm"):
+        assert any(n.startswith(f"blip2_triton/model_repository/{model}/") for n in names), model
+    assert "blip2_triton/model_repository/blip2_llm/1/model.py" in names
+    assert "blip2_triton/fixtures/samples/sky_circle.jpg" in names
+    assert "blip2_triton/runtime/contract.py" in names
+    assert not [n for n in names if n.startswith(("tests/", "export/", "client/", "samples/"))]
