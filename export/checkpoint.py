@@ -1,4 +1,4 @@
-"""Loading a BLIP-2 checkpoint (hub id or local folder) and telling which family it is."""
+"""Loading a BLIP-2 checkpoint (hub id or local folder), and what every loaded checkpoint offers."""
 
 from __future__ import annotations
 
@@ -10,17 +10,14 @@ from typing import Any
 
 from .errors import ExportError
 
-GENERATION_ARCHITECTURE = "Blip2ForConditionalGeneration"
-
 
 @dataclass
-class LoadedCheckpoint:
-    """A loaded generation checkpoint and what the export needs to know about it."""
+class Checkpoint:
+    """A loaded checkpoint: the model, its processor and the sizes every export needs."""
 
     source: str
-    model: Any  # Blip2ForConditionalGeneration
+    model: Any  # a transformers Blip2* model
     processor: Any  # Blip2Processor
-    family: str  # "opt", "t5"
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -31,19 +28,14 @@ class LoadedCheckpoint:
     def num_query_tokens(self) -> int:
         return int(self.model.config.num_query_tokens)
 
-    @property
-    def llm_hidden(self) -> int:
-        return int(self.model.language_model.get_input_embeddings().embedding_dim)
+    def identity(self) -> dict[str, Any]:
+        """What the manifest records about the checkpoint besides its source and architecture."""
+        return {}
 
-
-def language_model_family(config: Any) -> str:
-    """'opt' or 't5' from a ``Blip2Config``; anything else is an export error."""
-    model_type = getattr(config.text_config, "model_type", "?")
-    if model_type == "opt":
-        return "opt"
-    if model_type in ("t5", "mt5", "umt5"):
-        return "t5"
-    raise ExportError(f"language model type {model_type!r} is not supported (supported: OPT, Flan-T5)")
+    def template_values(self) -> dict[str, Any]:
+        """Values every architecture's templates use; subclasses add their own."""
+        height, width = self.image_size
+        return {"image_height": height, "image_width": width, "num_query_tokens": self.num_query_tokens}
 
 
 def _is_local(source: str) -> bool:
@@ -91,16 +83,8 @@ def load_pretrained(cls: Any, source: str, **kwargs: Any) -> Any:
         ) from exc
 
 
-def load_generation_checkpoint(source: str, dtype: str = "fp32") -> LoadedCheckpoint:
-    """Load a ``Blip2ForConditionalGeneration`` checkpoint and its processor."""
-    import torch
-    from transformers import AutoConfig, Blip2ForConditionalGeneration, Blip2Processor
+def load_config(source: str) -> Any:
+    """The checkpoint's ``config.json`` as a transformers config (no weights loaded)."""
+    from transformers import AutoConfig
 
-    config = load_pretrained(AutoConfig, source)
-    if getattr(config, "model_type", None) != "blip-2":
-        raise ExportError(f"{source} is not a BLIP-2 checkpoint (model_type {config.model_type!r})")
-    family = language_model_family(config)
-    torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
-    model = load_pretrained(Blip2ForConditionalGeneration, source, dtype=torch_dtype).eval()
-    processor = load_pretrained(Blip2Processor, source)
-    return LoadedCheckpoint(source=source, model=model, processor=processor, family=family)
+    return load_pretrained(AutoConfig, source)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import string
 from collections.abc import Iterable, Mapping
+from importlib.resources import files
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
@@ -18,16 +20,16 @@ from blip2_triton.runtime.contract import TensorSpec
 
 from .errors import ExportError
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "model_repository"
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
+TEMPLATE_PACKAGE = "blip2_triton.model_repository"
+CONFIG_TEMPLATE = "config.pbtxt.tmpl"
 
 
-def template_dir() -> Path:
-    """Where the committed model-repository sources are (source tree or installed package)."""
-    if TEMPLATES.is_dir():
-        return TEMPLATES
-    from importlib.resources import files
-
-    return Path(str(files("blip2_triton.model_repository")))
+def template_dir() -> Traversable:
+    """The committed model-repository sources (``model_repository/``: templates and ``model.py`` files)."""
+    return files(TEMPLATE_PACKAGE)
 
 
 def tensor_block(specs: Iterable[TensorSpec], *, indent: str = "  ") -> str:
@@ -110,11 +112,11 @@ def check_ensemble(
 
 
 def write_config(
-    template_path: Path, values: Mapping[str, object], out_dir: Path
+    model: str, values: Mapping[str, object], out_dir: Path, template: str = CONFIG_TEMPLATE
 ) -> model_config_pb2.ModelConfig:
-    """Render, validate and write ``out_dir/config.pbtxt``; returns the parsed config."""
-    source = str(template_path.relative_to(template_path.parents[1]))
-    text = render(template_path.read_text(), values, source=source)
+    """Render ``model``'s template, validate it and write ``out_dir/config.pbtxt``; returns the config."""
+    source = f"{model}/{template}"
+    text = render((template_dir() / model / template).read_text(), values, source=source)
     config = parse_config(text, source=source)
     check_model_config(config, out_dir.name)
     out_dir.mkdir(parents=True, exist_ok=True)

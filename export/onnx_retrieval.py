@@ -15,17 +15,13 @@ lengths other than the exported ones.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from blip2_triton.runtime import contract as C
 from blip2_triton.runtime.text_matching import RetrievalSettings
 
-from .errors import ExportError
-from .onnx_vision import OPSET
+from .onnx_export import checked_difference, export_graph
 
 TOLERANCE = 1e-4  # fp32
 
@@ -89,29 +85,6 @@ def _modules(model: Any, num_query_tokens: int):
     return ImageBranch().eval(), TextBranch().eval(), ItmBranch().eval()
 
 
-def _export(module, args: tuple, path: Path, inputs: list[str], outputs: list[str], axes: dict) -> None:
-    import onnx
-    import torch
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad(), warnings.catch_warnings():
-        # The tracer's notes on Python-level shape checks are expected here.
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", message=".*aten::index.*")
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        torch.onnx.export(
-            module,
-            args,
-            str(path),
-            input_names=inputs,
-            output_names=outputs,
-            dynamic_axes=axes,
-            opset_version=OPSET,
-            dynamo=False,
-        )
-    onnx.checker.check_model(str(path), full_check=True)
-
-
 def export_retrieval_onnx(
     model: Any, image_size: tuple[int, int], num_query_tokens: int, paths: dict[str, Path]
 ) -> None:
@@ -127,7 +100,7 @@ def export_retrieval_onnx(
         _, hidden = image(pixels)
     batch = {0: "batch"}
     text_axes = {0: "batch", 1: "length"}
-    _export(
+    export_graph(
         image,
         (pixels,),
         paths["image"],
@@ -135,7 +108,7 @@ def export_retrieval_onnx(
         [C.IMAGE_EMBEDS.name, C.VISION_HIDDEN_STATES],
         {C.PIXEL_VALUES: batch, C.IMAGE_EMBEDS.name: batch, C.VISION_HIDDEN_STATES: batch},
     )
-    _export(
+    export_graph(
         text,
         (ids, mask),
         paths["text"],
@@ -143,7 +116,7 @@ def export_retrieval_onnx(
         [C.TEXT_EMBEDS.name],
         {C.INPUT_IDS: text_axes, C.ATTENTION_MASK: text_axes, C.TEXT_EMBEDS.name: batch},
     )
-    _export(
+    export_graph(
         itm,
         (hidden, ids, mask),
         paths["itm"],
@@ -222,14 +195,4 @@ def verify_retrieval_onnx(
         "text": sessions["text"].run(None, feeds)[0],
         "itm": sessions["itm"].run(None, {C.VISION_HIDDEN_STATES: hidden, **feeds})[0],
     }
-    diffs = {}
-    for name, want in expected.items():
-        got = actual[name]
-        if got.shape != want.shape:
-            raise ExportError(f"ONNX {name} graph output shape {got.shape} differs from PyTorch {want.shape}")
-        diffs[name] = float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64))))
-        if not diffs[name] <= TOLERANCE:
-            raise ExportError(
-                f"ONNX {name} graph differs from PyTorch by {diffs[name]:.3g} (tolerance {TOLERANCE})"
-            )
-    return diffs
+    return {name: checked_difference(name, actual[name], want, TOLERANCE) for name, want in expected.items()}

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from blip2_triton.runtime import contract as C
 
-from .errors import ExportError
+from .onnx_export import checked_difference, export_graph
 
-# The TorchScript exporter (dynamo=False) gives a graph with a dynamic batch axis that onnxruntime and
-# TensorRT take as is; opset 17 has LayerNormalization as one op.
-OPSET = 17
 TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 5e-2}
 
 
@@ -50,27 +46,15 @@ def export_vision_onnx(model: Any, image_size: tuple[int, int], path: Path) -> N
     """Write the ONNX graph with a dynamic batch axis and the contract's tensor names."""
     import torch
 
-    module = _vision_to_query_module(model)
-    dummy = torch.randn(2, 3, *image_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad(), warnings.catch_warnings():
-        # The tracer's notes on Python-level shape checks and on aten::index are expected here.
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", message=".*aten::index.*")
-        warnings.simplefilter("ignore", DeprecationWarning)  # dynamo=False is deliberate: see OPSET
-        torch.onnx.export(
-            module,
-            (dummy,),
-            str(path),
-            input_names=["pixel_values"],
-            output_names=["query_embeds"],
-            dynamic_axes={"pixel_values": {0: "batch"}, "query_embeds": {0: "batch"}},
-            opset_version=OPSET,
-            dynamo=False,
-        )
-    import onnx
-
-    onnx.checker.check_model(str(path), full_check=True)
+    batch = {0: "batch"}
+    export_graph(
+        _vision_to_query_module(model),
+        (torch.randn(2, 3, *image_size),),
+        path,
+        [C.PIXEL_VALUES],
+        [C.QUERY_EMBEDS],
+        {C.PIXEL_VALUES: batch, C.QUERY_EMBEDS: batch},
+    )
 
 
 def verify_vision_onnx(model: Any, image_size: tuple[int, int], path: Path, dtype: str) -> float:
@@ -84,12 +68,5 @@ def verify_vision_onnx(model: Any, image_size: tuple[int, int], path: Path, dtyp
     with torch.no_grad():
         expected = module(pixel_values).numpy()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (actual,) = session.run(["query_embeds"], {"pixel_values": pixel_values.numpy()})
-    if actual.shape != expected.shape:
-        raise ExportError(f"ONNX output shape {actual.shape} differs from PyTorch {expected.shape}")
-    diff = float(np.max(np.abs(actual.astype(np.float64) - expected.astype(np.float64))))
-    if not diff <= TOLERANCE[dtype]:
-        raise ExportError(
-            f"ONNX vision graph differs from PyTorch by {diff:.3g} (tolerance {TOLERANCE[dtype]})"
-        )
-    return diff
+    (actual,) = session.run([C.QUERY_EMBEDS], {C.PIXEL_VALUES: pixel_values.numpy()})
+    return checked_difference("vision", actual, expected, TOLERANCE[dtype])

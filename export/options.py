@@ -1,0 +1,67 @@
+"""What the user chooses for an export, declared once.
+
+Each field of ``ExportOptions`` is a template value of the same name (``${max_batch_size}`` in a
+``config.pbtxt.tmpl``); a field declared with ``flag()`` is also a ``blip2-triton export`` flag
+(``--max-batch-size``). Adding an option is adding a field here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ExportError
+
+DTYPES = ("fp32", "fp16", "bf16")
+VISION_BACKENDS = ("python", "onnxruntime")
+
+
+def flag(default: Any, *, help: str | None = None, choices: tuple[str, ...] | None = None) -> Any:
+    """A field that is also a command-line flag: ``--`` + its name with dashes."""
+    return field(default=default, metadata={"flag": {"help": help, "choices": choices}})
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What the user chose for an export."""
+
+    max_batch_size: int = flag(8)
+    dtype: str = flag("fp32", choices=DTYPES, help="weights precision (fp32 on CPU)")
+    device: str = flag("cpu", help="where the LLM stage runs: cpu, cuda, cuda:N")
+    vision_backend: str = flag(
+        "python",
+        choices=VISION_BACKENDS,
+        help="python: onnxruntime inside a Python-backend model (pip-installed server); "
+        "onnxruntime: Triton's native onnxruntime backend (NGC container)",
+    )
+    queue_delay_us: int = flag(2000, help="dynamic batching queue delay")
+    preprocess_instances: int = 2
+    force: bool = flag(False, help="allow a dtype/device choice we advise against")
+
+    def check(self) -> None:
+        """Refuse values that cannot work, with the flag to change in the message."""
+        if self.max_batch_size < 1:
+            raise ExportError("--max-batch-size must be at least 1")
+        if self.dtype not in DTYPES:
+            raise ExportError(f"--dtype must be one of {', '.join(DTYPES)}")
+        if self.vision_backend not in VISION_BACKENDS:
+            raise ExportError(f"--vision-backend must be one of {', '.join(VISION_BACKENDS)}")
+        if self.dtype == "fp16" and self.device == "cpu" and not self.force:
+            raise ExportError(
+                "--dtype fp16 needs a GPU (--device cuda); on CPU use fp32 or bf16, or pass --force"
+            )
+
+    @property
+    def instance_kind(self) -> str:
+        """Triton's instance kind for the models that run on ``device``."""
+        return "KIND_GPU" if self.device.startswith("cuda") else "KIND_CPU"
+
+    def template_values(self) -> dict[str, Any]:
+        """Every option by its field name, plus ``instance_kind``."""
+        return {**dataclasses.asdict(self), "instance_kind": self.instance_kind}
+
+
+def flag_fields() -> tuple[dataclasses.Field, ...]:
+    """The fields of ``ExportOptions`` that are command-line flags, in declaration order."""
+    return tuple(f for f in dataclasses.fields(ExportOptions) if "flag" in f.metadata)
