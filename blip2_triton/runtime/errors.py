@@ -12,3 +12,11 @@ class RequestValidationError(Blip2RuntimeError):
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(str(message).split()))
+
+
+class EngineOverloadedError(Blip2RuntimeError):
+    """Every slot is busy and the wait queue is full. Answered at once with Triton UNAVAILABLE."""
+
+
+class RequestCancelledError(Blip2RuntimeError):
+    """The client cancelled the request (or its deadline passed). Answered with Triton CANCELLED."""
