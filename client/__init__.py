@@ -7,9 +7,15 @@
 
 :class:`Blip2Client` blocks; :class:`AsyncBlip2Client` has the same constructor and method names,
 as coroutines. Every error raised on purpose is a :class:`Blip2ClientError`.
+
+Layout, bottom up: ``_tensors`` (tritonclient tensors), ``calls`` (one request of each kind),
+``transport`` (sends calls: blocking and asyncio), ``fan_out`` (many calls at once, per flavour),
+``client_base`` + ``sync_client`` / ``async_client`` (the public methods), ``chat`` (sessions),
+``index`` (image search, either client), ``command`` / ``index_command`` (the CLI).
 """
 
-from .async_client import AsyncBlip2Client, AsyncChatSession
+from .async_client import AsyncBlip2Client
+from .chat import AsyncChatSession, ChatSession
 from .errors import (
     Blip2ClientError,
     InferenceTimeoutError,
@@ -24,7 +30,7 @@ from .images import ImageLike, image_bytes
 from .index import ImageHit, ImageIndex, TextHit
 from .prompts import chat_prompt, vqa_prompt
 from .settings import GenerationSettings
-from .sync_client import Blip2Client, ChatSession
+from .sync_client import Blip2Client
 
 __all__ = [
     "AsyncBlip2Client",

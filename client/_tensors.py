@@ -2,8 +2,9 @@
 
 One request of the public ``blip2`` ensemble: ``image`` (encoded bytes), optional ``text_input``
 and the generation settings that are set, each shaped ``[1, 1]`` (batch of one, dims ``[1]``);
-``text_output`` is read back as ``str``. Works for both flavours: the gRPC and HTTP
-``InferInput`` classes (their asyncio clients use the same classes).
+``text_output`` is read back as ``str``; the retrieval models' inputs and float outputs likewise.
+Works for both flavours: the gRPC and HTTP ``InferInput`` classes (their asyncio clients use the
+same classes).
 """
 
 from __future__ import annotations
@@ -50,11 +51,16 @@ def triton_datatype(spec: TensorSpec) -> str:
     return "BYTES" if name == "STRING" else name
 
 
-def request_arrays(image: bytes, prompt: str | None, settings: GenerationSettings) -> dict[str, np.ndarray]:
-    """The input arrays of one request, by tensor name, each of shape ``[1, 1]``."""
+def image_array(image: bytes) -> np.ndarray:
+    """The ``image`` input array (encoded bytes), shape ``[1, 1]``."""
     if not isinstance(image, bytes):
         raise TypeError(f"image must be encoded bytes here, got {type(image).__name__}")
-    arrays = {IMAGE.name: np.array([[image]], dtype=object)}
+    return np.array([[image]], dtype=object)
+
+
+def prompt_arrays(prompt: str | None, settings: GenerationSettings) -> dict[str, np.ndarray]:
+    """The ``text_input`` (when given) and set settings arrays, by tensor name, each ``[1, 1]``."""
+    arrays = {}
     if prompt is not None:
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
@@ -64,23 +70,41 @@ def request_arrays(image: bytes, prompt: str | None, settings: GenerationSetting
     return arrays
 
 
+def request_arrays(image: bytes, prompt: str | None, settings: GenerationSettings) -> dict[str, np.ndarray]:
+    """The input arrays of one request, by tensor name, each of shape ``[1, 1]``."""
+    return {IMAGE.name: image_array(image), **prompt_arrays(prompt, settings)}
+
+
+def _infer_input(module: Any, spec: TensorSpec, array: np.ndarray) -> Any:
+    tensor = module.InferInput(spec.name, list(array.shape), triton_datatype(spec))
+    tensor.set_data_from_numpy(array)
+    return tensor
+
+
+def image_input(protocol: str, image: bytes) -> Any:
+    """The ``image`` ``InferInput``, serialised once: it may be sent with any number of requests."""
+    return _infer_input(_module(protocol), IMAGE, image_array(image))
+
+
+def prompt_inputs(protocol: str, prompt: str | None, settings: GenerationSettings) -> list[Any]:
+    """The ``text_input`` and settings ``InferInput`` objects of one request."""
+    module = _module(protocol)
+    return [
+        _infer_input(module, _SPECS[name], array) for name, array in prompt_arrays(prompt, settings).items()
+    ]
+
+
 def build_inputs(protocol: str, image: bytes, prompt: str | None, settings: GenerationSettings) -> list[Any]:
     """tritonclient ``InferInput`` objects for one request (``protocol``: ``"grpc"`` or ``"http"``)."""
-    module = _module(protocol)
-    inputs = []
-    for name, array in request_arrays(image, prompt, settings).items():
-        tensor = module.InferInput(name, list(array.shape), triton_datatype(_SPECS[name]))
-        tensor.set_data_from_numpy(array)
-        inputs.append(tensor)
-    return inputs
+    return [image_input(protocol, image), *prompt_inputs(protocol, prompt, settings)]
 
 
-def requested_outputs(protocol: str) -> list[Any]:
-    """The outputs to ask for: ``text_output`` (binary over HTTP)."""
+def requested_outputs(protocol: str, names: tuple[str, ...] = (TEXT_OUTPUT.name,)) -> list[Any]:
+    """The outputs to ask for, by name (default ``text_output``); binary over HTTP."""
     module = _module(protocol)
     if protocol == "http":
-        return [module.InferRequestedOutput(TEXT_OUTPUT.name, binary_data=True)]
-    return [module.InferRequestedOutput(TEXT_OUTPUT.name)]
+        return [module.InferRequestedOutput(name, binary_data=True) for name in names]
+    return [module.InferRequestedOutput(name) for name in names]
 
 
 def read_text(result: Any) -> str:
@@ -96,38 +120,17 @@ def read_text(result: Any) -> str:
 # -- image-text retrieval: blip2_image_embed, blip2_text_embed, blip2_itm ----------------------------
 
 
-def _bytes_input(module: Any, name: str, value: bytes) -> Any:
-    array = np.array([[value]], dtype=object)
-    tensor = module.InferInput(name, [1, 1], "BYTES")
-    tensor.set_data_from_numpy(array)
-    return tensor
-
-
-def _text_bytes(text: str) -> bytes:
-    if not isinstance(text, str):
-        raise TypeError(f"text must be a str, got {type(text).__name__}")
-    return text.encode("utf-8")
-
-
 def retrieval_inputs(protocol: str, image: bytes | None = None, text: str | None = None) -> list[Any]:
     """Inputs of one retrieval request: ``image`` (encoded bytes) and/or ``text_input``, each ``[1, 1]``."""
     module = _module(protocol)
     inputs = []
     if image is not None:
-        if not isinstance(image, bytes):
-            raise TypeError(f"image must be encoded bytes here, got {type(image).__name__}")
-        inputs.append(_bytes_input(module, IMAGE.name, image))
+        inputs.append(_infer_input(module, IMAGE, image_array(image)))
     if text is not None:
-        inputs.append(_bytes_input(module, RETRIEVAL_TEXT.name, _text_bytes(text)))
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        inputs.append(_infer_input(module, RETRIEVAL_TEXT, np.array([[text.encode("utf-8")]], dtype=object)))
     return inputs
-
-
-def requested_arrays(protocol: str, names: tuple[str, ...]) -> list[Any]:
-    """Outputs to ask for by name (binary over HTTP)."""
-    module = _module(protocol)
-    if protocol == "http":
-        return [module.InferRequestedOutput(name, binary_data=True) for name in names]
-    return [module.InferRequestedOutput(name) for name in names]
 
 
 def read_array(result: Any, name: str) -> np.ndarray:

@@ -10,48 +10,33 @@ import json
 import sys
 from pathlib import Path
 
-from blip2_triton.runtime.contract import ENSEMBLE_MODEL
+from blip2_triton.runtime.contract import ENSEMBLE_MODEL, GENERATION_INPUTS, TensorSpec
 
+from .cli_options import client_from_args, server_options
 from .errors import Blip2ClientError, InvalidImageError
 from .settings import GenerationSettings
-from .sync_client import DEFAULT_PORTS, Blip2Client
 
-# CLI option -> GenerationSettings field, with its type and help.
-_GENERATION_OPTIONS: tuple[tuple[str, str, type, str], ...] = (
-    ("--max-tokens", "max_tokens", int, "new tokens at most (server default 30)"),
-    ("--min-tokens", "min_tokens", int, "new tokens at least"),
-    ("--beam-width", "beam_width", int, "beams (server default 1)"),
-    ("--temperature", "temperature", float, "> 0 turns sampling on"),
-    ("--top-p", "top_p", float, "nucleus sampling"),
-    ("--top-k", "top_k", int, "top-k sampling"),
-    ("--repetition-penalty", "repetition_penalty", float, "as in transformers"),
-    ("--length-penalty", "length_penalty", float, "beam length penalty"),
-    ("--no-repeat-ngram-size", "no_repeat_ngram_size", int, "as in transformers"),
-    ("--seed", "random_seed", int, "random seed (same seed, same request, same text)"),
-)
+# Flags spelled otherwise before they were derived from the contract: kept as aliases.
+_FLAG_ALIASES: dict[str, tuple[str, ...]] = {"random_seed": ("--seed",)}
+_PYTHON_TYPES: dict[str, type] = {"TYPE_INT32": int, "TYPE_UINT64": int, "TYPE_FP32": float}
 
 
 def _common_options() -> argparse.ArgumentParser:
-    parent = argparse.ArgumentParser(add_help=False)
-    server = parent.add_argument_group("server")
-    server.add_argument(
-        "--url",
-        default=None,
-        help=f"host:port of the server (default localhost:{DEFAULT_PORTS['grpc']} for grpc, "
-        f"localhost:{DEFAULT_PORTS['http']} for http)",
-    )
-    server.add_argument("--protocol", choices=("grpc", "http"), default="grpc", help="default grpc")
-    server.add_argument("--model", default=ENSEMBLE_MODEL, help=f"model name (default {ENSEMBLE_MODEL})")
-    server.add_argument(
-        "--timeout", type=float, default=60.0, metavar="SECONDS", help="per-request timeout (default 60)"
-    )
+    parent = server_options(model=ENSEMBLE_MODEL)
     generation = parent.add_argument_group("generation (left out: the server's default)")
-    for flag, dest, kind, help_text in _GENERATION_OPTIONS:
-        generation.add_argument(
-            flag, dest=dest, type=kind, default=None, metavar="N" if kind is int else "X", help=help_text
-        )
+    for spec in GENERATION_INPUTS:
+        _add_setting(generation, spec)
     parent.add_argument("--json", action="store_true", help="print one JSON object per line")
     return parent
+
+
+def _add_setting(group: argparse._ArgumentGroup, spec: TensorSpec) -> None:
+    """``--name-with-dashes`` for the setting tensor ``spec``: its type, its doc as help."""
+    kind = _PYTHON_TYPES[spec.triton_type]
+    flags = ("--" + spec.name.replace("_", "-"), *_FLAG_ALIASES.get(spec.name, ()))
+    group.add_argument(
+        *flags, dest=spec.name, type=kind, default=None, metavar="N" if kind is int else "X", help=spec.doc
+    )
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -80,16 +65,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> GenerationSettings:
     """The generation settings given on the command line."""
-    return GenerationSettings(**{dest: getattr(args, dest) for _, dest, _, _ in _GENERATION_OPTIONS})
-
-
-def _client(args: argparse.Namespace) -> Blip2Client:
-    try:
-        return Blip2Client(
-            args.url, protocol=args.protocol, model_name=args.model, inference_timeout_s=args.timeout
-        )
-    except ValueError as exc:
-        raise Blip2ClientError(str(exc)) from None
+    return GenerationSettings(**{spec.name: getattr(args, spec.name) for spec in GENERATION_INPUTS})
 
 
 def _check_files(paths: list[str]) -> None:
@@ -111,7 +87,7 @@ def run_caption(args: argparse.Namespace) -> int:
     _check_files(paths)
     settings = settings_from_args(args)
     show_progress = None if sys.stderr.isatty() else False
-    with _client(args) as client:
+    with client_from_args(args) as client:
         try:
             captions = client.caption_batch(paths, args.prompt, settings, progress=show_progress)
         except Blip2ClientError as exc:
@@ -128,7 +104,7 @@ def run_ask(args: argparse.Namespace) -> int:
     """``blip2-triton ask``: the answer on one line."""
     _check_files([args.image])
     settings = settings_from_args(args)
-    with _client(args) as client:
+    with client_from_args(args) as client:
         answer = client.ask(args.image, args.question, settings)
     if args.json:
         print(

@@ -6,6 +6,7 @@ encoded losslessly as PNG. The server decodes and validates the bytes.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 from pathlib import Path
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
 
 ImageLike = Union[str, os.PathLike, bytes, bytearray, memoryview, "PILImage.Image"]
 
-__all__ = ["ImageLike", "image_bytes"]
+__all__ = ["ImageLike", "image_bytes", "image_bytes_async"]
 
 
 def image_bytes(image: ImageLike) -> bytes:
@@ -47,6 +48,13 @@ def image_bytes(image: ImageLike) -> bytes:
     raise InvalidImageError(
         f"unsupported image type {type(image).__name__}: pass a path, encoded bytes or a PIL image"
     )
+
+
+async def image_bytes_async(image: ImageLike) -> bytes:
+    """:func:`image_bytes` off the event loop for what needs reading or encoding."""
+    if isinstance(image, bytes):
+        return image
+    return await asyncio.to_thread(image_bytes, image)
 
 
 def _is_pil_image(obj: object) -> bool:

@@ -5,6 +5,9 @@
 ...     for hit in index.search("a dog on the beach", top_k=5, rerank=20):
 ...         print(hit.rank, hit.path, hit.itc, hit.itm)
 
+With an :class:`~blip2_triton.client.AsyncBlip2Client` the methods that talk to the server are
+awaited: ``index = await ImageIndex.build(client, ...)``, ``await index.search(...)``.
+
 Storage: the ``[N, Q, D]`` image embeddings (L2-normalised, every value in [-1, 1]) are kept as
 16-bit fixed point (``int16``, value x stored as round(x * 32767)): the same 2 bytes per value as
 float16, an absolute error of at most 1.5e-5 per value (float16's is up to 2.4e-4 near 1), and
@@ -19,10 +22,11 @@ from it, and re-running a build skips the images already indexed.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,8 +34,12 @@ from typing import Any
 
 import numpy as np
 
+from .calls import image_embed_call
 from .errors import Blip2ClientError
-from .images import ImageLike
+from .fan_out import fan_out, fan_out_async
+from .images import ImageLike, image_bytes, image_bytes_async
+from .steps import Blocking, Plan, is_async_client, run
+from .transport import Call
 
 __all__ = ["ImageHit", "ImageIndex", "TextHit", "image_files"]
 
@@ -87,8 +95,12 @@ def dequantize(stored: np.ndarray) -> np.ndarray:
 class ImageIndex:
     """Image embeddings (int16 fixed point ``[N, Q, D]``) and their paths, searchable by text.
 
-    ``client`` (a :class:`~blip2_triton.client.Blip2Client`) is needed by :meth:`search`,
-    :meth:`search_texts` and :meth:`add`; :meth:`search_embedding` works without a server.
+    ``client`` (a :class:`~blip2_triton.client.Blip2Client` or
+    :class:`~blip2_triton.client.AsyncBlip2Client`) is needed by :meth:`search`,
+    :meth:`search_texts` and :meth:`add`; :meth:`search_embedding` works without a server. With the
+    asyncio client, :meth:`search`, :meth:`search_texts`, :meth:`add`, :meth:`build` and
+    :meth:`check_model` return awaitables of what they return with the blocking one (their logic
+    is written once, as a plan of client calls: see ``steps``).
     """
 
     def __init__(
@@ -195,15 +207,20 @@ class ImageIndex:
         Re-ranked hits come first, by ITM probability; when ``top_k > K`` the rest follow by ITC.
         """
         client = self._require_client()
+        return run(self._search(client, text, top_k, rerank, chunk_size), client)
+
+    def _search(
+        self, client: Any, text: str, top_k: int, rerank: int | None, chunk_size: int
+    ) -> Plan[list[ImageHit]]:
         _check_count("top_k", top_k)
         if rerank is not None:
             _check_count("rerank", rerank)
-        self.check_model(client)
-        (text_embedding,) = client.embed_texts([text], progress=False)
+        yield from self._check_model(client)
+        (text_embedding,) = yield lambda: client.embed_texts([text], progress=False)
         hits = self.search_embedding(text_embedding, max(top_k, rerank or 0), chunk_size=chunk_size)
         if rerank:
             head, tail = hits[:rerank], hits[rerank:]
-            matches = client.match_batch([(hit.path, text) for hit in head], progress=False)
+            matches = yield lambda: client.match_batch([(hit.path, text) for hit in head], progress=False)
             scored = [(itm, hit) for (itm, _), hit in zip(matches, head, strict=True)]
             scored.sort(key=lambda pair: (-pair[0], -pair[1].itc, pair[1].index))
             hits = [ImageHit(0, hit.index, hit.path, hit.itc, itm) for itm, hit in scored] + tail
@@ -214,24 +231,7 @@ class ImageIndex:
     ) -> list[TextHit]:
         """Texts for ``image`` (any image, indexed or not): ITC ranking, optional ITM re-ranking."""
         client = self._require_client()
-        texts = list(texts)
-        if not texts:
-            return []
-        (image_embeds,) = client.embed_images([image], progress=False)
-        text_embeds = client.embed_texts(texts, progress=False)
-        itc = (image_embeds @ text_embeds.T).max(axis=0)
-        order = top_indices(itc, len(texts))
-        hits = [TextHit(0, int(i), texts[i], float(itc[i])) for i in order]
-        if rerank:
-            head, tail = hits[:rerank], hits[rerank:]
-            matches = client.match_batch([(image, hit.text) for hit in head], progress=False)
-            head = [
-                TextHit(0, h.index, h.text, h.itc, itm) for (itm, _), h in zip(matches, head, strict=True)
-            ]
-            head.sort(key=lambda h: (-(h.itm or 0.0), -h.itc, h.index))
-            hits = head + tail
-        limit = len(hits) if top_k is None else top_k
-        return [TextHit(rank, h.index, h.text, h.itc, h.itm) for rank, h in enumerate(hits[:limit], start=1)]
+        return run(_search_texts(client, image, list(texts), top_k, rerank), client)
 
     # -- building ---------------------------------------------------------------------------------
     @classmethod
@@ -252,29 +252,33 @@ class ImageIndex:
         Images the server refuses (or that cannot be read) are skipped and listed in
         ``index.metadata["skipped"]`` (path: reason); they are tried again on the next build.
         """
+        return run(cls._build(client, images, path, batch_size, progress), client)
+
+    @classmethod
+    def _build(
+        cls,
+        client: Any,
+        images: str | os.PathLike | Iterable[str | os.PathLike],
+        path: str | os.PathLike | None,
+        batch_size: int,
+        progress: bool | None,
+    ) -> Plan[ImageIndex]:
+        partial = None if path is None else Path(str(path) + PARTIAL_SUFFIX)
+        index = cls(client=client)
         if path is not None and Path(path).exists():
-            index = cls.load(path, client=client)
-        elif path is not None and Path(str(path) + PARTIAL_SUFFIX).exists():
-            index = cls(client=client)
-            index._load_partial(Path(str(path) + PARTIAL_SUFFIX))
-        else:
-            index = cls(client=client)
+            index = yield Blocking(lambda: cls.load(path, client=client))
+        elif partial is not None and partial.exists():
+            yield Blocking(lambda: index._load_partial(partial))
         if isinstance(images, (str, os.PathLike)) and Path(images).is_dir():
             index.metadata.setdefault("root", str(Path(images).expanduser().resolve()))
-            files: list[str | os.PathLike] = list(image_files(images))
+            files: list[str | os.PathLike] = yield Blocking(lambda: list(image_files(images)))
         elif isinstance(images, (str, os.PathLike)):
             raise Blip2ClientError(f"not a folder: {images} (pass a folder or a list of image files)")
         else:
             files = list(images)
-        index.add(
-            files,
-            partial=None if path is None else Path(str(path) + PARTIAL_SUFFIX),
-            batch_size=batch_size,
-            progress=progress,
-        )
+        yield from index._add(client, files, partial, batch_size, progress)
         if path is not None:
-            index.save(path)
-            Path(str(path) + PARTIAL_SUFFIX).unlink(missing_ok=True)
+            yield Blocking(lambda: index._finish_build(path))
         return index
 
     def add(
@@ -286,30 +290,31 @@ class ImageIndex:
         progress: bool | None = None,
     ) -> int:
         """Embed the image files not in the index yet (paths made absolute); returns how many were added."""
+        client = self._require_client()
+        return run(self._add(client, images, partial, batch_size, progress), client)
+
+    def _add(
+        self,
+        client: Any,
+        images: Iterable[str | os.PathLike],
+        partial: Path | None,
+        batch_size: int,
+        progress: bool | None,
+    ) -> Plan[int]:
         from tqdm.auto import tqdm
 
-        from .retrieval import image_embed_request, read_image_embeds, run_many
-
-        client = self._require_client()
         _check_count("batch_size", batch_size)
         wanted = dict.fromkeys(str(Path(p).expanduser().resolve()) for p in images)
         todo = [p for p in wanted if p not in self._known]
         skipped: dict[str, str] = {}
         if todo:
-            self.check_model(client)
+            yield from self._check_model(client)
         show = len(todo) > 8 if progress is None else bool(progress)
         added = 0
         with tqdm(total=len(todo), desc="index", unit="image", disable=not show) as bar:
             for start in range(0, len(todo), batch_size):
                 batch = todo[start : start + batch_size]
-                results = run_many(
-                    client,
-                    batch,
-                    _path_request(image_embed_request),
-                    read_image_embeds,
-                    progress=False,
-                    skip_invalid=True,
-                )
+                results = yield functools.partial(_embed_files, client, batch)
                 good = [(p, r) for p, r in zip(batch, results, strict=True) if not isinstance(r, Exception)]
                 skipped.update(
                     (p, str(r)) for p, r in zip(batch, results, strict=True) if isinstance(r, Exception)
@@ -318,12 +323,16 @@ class ImageIndex:
                     stored = quantize(np.stack([r for _, r in good]))
                     names = [p for p, _ in good]
                     if partial is not None:
-                        self._append_partial(partial, stored, names)
+                        yield Blocking(functools.partial(self._append_partial, partial, stored, names))
                     self._append(stored, names)
                     added += len(good)
                 bar.update(len(batch))
         self.metadata["skipped"] = skipped
         return added
+
+    def _finish_build(self, path: str | os.PathLike) -> None:
+        self.save(path)
+        Path(str(path) + PARTIAL_SUFFIX).unlink(missing_ok=True)
 
     # -- model check ------------------------------------------------------------------------------
     def check_model(self, client: Any) -> None:
@@ -332,9 +341,12 @@ class ImageIndex:
         An index searched with another model than the one that built it would give meaningless
         rankings: refused with a one-line error.
         """
+        return run(self._check_model(client), client)
+
+    def _check_model(self, client: Any) -> Plan[None]:
         if self._probe_checked_for == id(client):
             return
-        (probe,) = client.embed_texts([PROBE_TEXT], progress=False)
+        (probe,) = yield lambda: client.embed_texts([PROBE_TEXT], progress=False)
         known = self.metadata.get("probe_embedding")
         if known is None:
             self.metadata["probe_embedding"] = [float(v) for v in probe]
@@ -453,7 +465,36 @@ def _check_count(name: str, value: object) -> None:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
-def _path_request(make: Any) -> Any:
-    from .images import image_bytes
+def _search_texts(
+    client: Any, image: ImageLike, texts: list[str], top_k: int | None, rerank: int | None
+) -> Plan[list[TextHit]]:
+    if not texts:
+        return []
+    (image_embeds,) = yield lambda: client.embed_images([image], progress=False)
+    text_embeds = yield lambda: client.embed_texts(texts, progress=False)
+    itc = (image_embeds @ text_embeds.T).max(axis=0)
+    order = top_indices(itc, len(texts))
+    hits = [TextHit(0, int(i), texts[i], float(itc[i])) for i in order]
+    if rerank:
+        head, tail = hits[:rerank], hits[rerank:]
+        matches = yield lambda: client.match_batch([(image, hit.text) for hit in head], progress=False)
+        head = [TextHit(0, h.index, h.text, h.itc, itm) for (itm, _), h in zip(matches, head, strict=True)]
+        head.sort(key=lambda h: (-(h.itm or 0.0), -h.itc, h.index))
+        hits = head + tail
+    limit = len(hits) if top_k is None else top_k
+    return [TextHit(rank, h.index, h.text, h.itc, h.itm) for rank, h in enumerate(hits[:limit], start=1)]
 
-    return lambda path: make(image_bytes(path))
+
+def _embed_files(client: Any, paths: list[str]) -> list | Awaitable[list]:
+    """The image embedding of each file, or the error of a file that is refused or cannot be read."""
+    protocol = client.protocol
+    options = {"max_concurrency": client.max_concurrency, "progress": False, "keep_refused": True}
+    if is_async_client(client):
+
+        async def read_and_make(path: str) -> Call[np.ndarray]:
+            return image_embed_call(protocol, await image_bytes_async(path))
+
+        return fan_out_async(client.transport, paths, read_and_make, **options)
+    return fan_out(
+        client.transport, paths, lambda path: image_embed_call(protocol, image_bytes(path)), **options
+    )

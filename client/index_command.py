@@ -12,33 +12,14 @@ from pathlib import Path
 
 from blip2_triton.runtime.contract import IMAGE_EMBED_MODEL
 
+from .cli_options import client_from_args, server_options
 from .errors import Blip2ClientError
 from .index import ImageIndex
-from .sync_client import DEFAULT_PORTS, Blip2Client
-
-
-def _server_options() -> argparse.ArgumentParser:
-    parent = argparse.ArgumentParser(add_help=False)
-    server = parent.add_argument_group("server")
-    server.add_argument(
-        "--url",
-        default=None,
-        help=f"host:port of the server (default localhost:{DEFAULT_PORTS['grpc']} for grpc, "
-        f"localhost:{DEFAULT_PORTS['http']} for http)",
-    )
-    server.add_argument("--protocol", choices=("grpc", "http"), default="grpc", help="default grpc")
-    server.add_argument(
-        "--timeout", type=float, default=60.0, metavar="SECONDS", help="per-request timeout (default 60)"
-    )
-    server.add_argument(
-        "--concurrency", type=int, default=16, metavar="N", help="requests in flight at most (default 16)"
-    )
-    return parent
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``index`` (with ``build``) and ``search`` on the shared ``blip2-triton`` parser."""
-    parent = _server_options()
+    parent = server_options(concurrency=True)
     index = subparsers.add_parser(
         "index",
         help="build an image index with a retrieval server",
@@ -76,19 +57,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     search.set_defaults(func=run_search, expected_errors=(Blip2ClientError,))
 
 
-def _client(args: argparse.Namespace) -> Blip2Client:
-    try:
-        return Blip2Client(
-            args.url,
-            protocol=args.protocol,
-            model_name=IMAGE_EMBED_MODEL,
-            inference_timeout_s=args.timeout,
-            max_concurrency=args.concurrency,
-        )
-    except ValueError as exc:
-        raise Blip2ClientError(str(exc)) from None
-
-
 def _positive(name: str, value: int | None) -> None:
     if value is not None and value < 1:
         raise Blip2ClientError(f"{name} must be at least 1, got {value}")
@@ -101,7 +69,7 @@ def run_build(args: argparse.Namespace) -> int:
     if not folder.is_dir():
         raise Blip2ClientError(f"not a folder: {folder}")
     show_progress = None if sys.stderr.isatty() else False
-    with _client(args) as client:
+    with client_from_args(args, IMAGE_EMBED_MODEL) as client:
         before = len(ImageIndex.load(args.output)) if Path(args.output).exists() else 0
         index = ImageIndex.build(
             client, folder, args.output, batch_size=args.batch_size, progress=show_progress
@@ -121,7 +89,7 @@ def run_search(args: argparse.Namespace) -> int:
     """``blip2-triton search``: one line per hit, best first."""
     _positive("-k", args.top_k)
     _positive("--rerank", args.rerank)
-    with _client(args) as client:
+    with client_from_args(args, IMAGE_EMBED_MODEL) as client:
         index = ImageIndex.load(args.index, client=client)
         hits = index.search(args.query, top_k=args.top_k, rerank=args.rerank)
     for hit in hits:

@@ -15,12 +15,17 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from blip2_triton.runtime.contract import LLM_MODEL
+
+from .errors import ServerError
+
 __all__ = [
     "DEFAULT_FAMILY",
     "FAMILIES",
     "LLM_FAMILY_PARAMETER",
     "chat_prompt",
     "family_from_model_config",
+    "llm_family_from_config",
     "vqa_prompt",
 ]
 
@@ -66,3 +71,11 @@ def family_from_model_config(config: Mapping[str, Any]) -> str:
     family = str(value).strip().lower()
     _label(family)
     return family
+
+
+def llm_family_from_config(config: Mapping[str, Any]) -> str:
+    """The family named by a ``blip2_llm`` config, as a client error when this client does not know it."""
+    try:
+        return family_from_model_config(config)
+    except ValueError as exc:
+        raise ServerError(f"the '{LLM_FAMILY_PARAMETER}' parameter of model '{LLM_MODEL}': {exc}") from None

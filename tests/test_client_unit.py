@@ -35,9 +35,10 @@ from blip2_triton.client import (
     vqa_prompt,
 )
 from blip2_triton.client.errors import translated_errors
-from blip2_triton.client.prompts import family_from_model_config
+from blip2_triton.client.calls import batch_prompts
+from blip2_triton.client.options import ClientOptions
+from blip2_triton.client.prompts import family_from_model_config, llm_family_from_config
 from blip2_triton.client.settings import resolve_settings
-from blip2_triton.client.sync_client import ClientOptions, batch_prompts, llm_family_from_config
 from blip2_triton.fixtures import samples_dir
 from blip2_triton.runtime.contract import GENERATION_INPUT_NAMES, GENERATION_INPUTS, IMAGE, TEXT_INPUT
 

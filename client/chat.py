@@ -1,0 +1,90 @@
+"""Conversations about one image: :class:`ChatSession` (blocking) and :class:`AsyncChatSession`.
+
+Each question is sent with the earlier questions and answers in the prompt (BLIP-2's LAVIS format,
+``prompts.chat_prompt``). The image is encoded once per session, when it starts: every turn sends
+the same serialised ``image`` tensor.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from . import _tensors
+from .calls import generation_call
+from .prompts import chat_prompt
+from .settings import GenerationSettings, resolve_settings
+from .transport import Call
+
+__all__ = ["AsyncChatSession", "ChatSession"]
+
+
+class _Client(Protocol):
+    """What a session uses of its client (``Blip2Client`` or ``AsyncBlip2Client``): public members only."""
+
+    @property
+    def protocol(self) -> str: ...
+
+    @property
+    def model_name(self) -> str: ...
+
+    @property
+    def transport(self) -> Any: ...
+
+    def llm_family(self) -> Any: ...
+
+
+class _ChatBase:
+    """The image tensor, the history and the prompt of a session; the twins only send."""
+
+    def __init__(self, client: _Client, image: bytes) -> None:
+        self._client = client
+        self._image_input = _tensors.image_input(client.protocol, image)
+        self._history: list[tuple[str, str]] = []
+
+    @property
+    def history(self) -> tuple[tuple[str, str], ...]:
+        """The ``(question, answer)`` turns so far."""
+        return tuple(self._history)
+
+    def reset(self) -> None:
+        """Forget the earlier turns (same image)."""
+        self._history.clear()
+
+    def _prompt(self, family: str, question: str) -> str:
+        return chat_prompt(family, self._history, question)
+
+    def _call(self, prompt: str, settings: GenerationSettings) -> Call[str]:
+        client = self._client
+        return generation_call(client.protocol, client.model_name, self._image_input, prompt, settings)
+
+    def _answered(self, question: str, answer: str) -> str:
+        self._history.append((question, answer))
+        return answer
+
+
+class ChatSession(_ChatBase):
+    """A conversation about one image; :meth:`ask` keeps earlier turns in the prompt (LAVIS format)."""
+
+    def prompt_for(self, question: str) -> str:
+        """The prompt that :meth:`ask` would send for ``question`` now."""
+        return self._prompt(self._client.llm_family(), question)
+
+    def ask(self, question: str, settings: GenerationSettings | None = None, **generation: Any) -> str:
+        """The answer to ``question``, given the earlier turns; the turn is added to the history."""
+        resolved = resolve_settings(settings, generation)
+        call = self._call(self.prompt_for(question), resolved)
+        return self._answered(question, self._client.transport.infer(call))
+
+
+class AsyncChatSession(_ChatBase):
+    """A conversation about one image; ``await session.ask(...)`` keeps earlier turns in the prompt."""
+
+    async def prompt_for(self, question: str) -> str:
+        """The prompt that :meth:`ask` would send for ``question`` now."""
+        return self._prompt(await self._client.llm_family(), question)
+
+    async def ask(self, question: str, settings: GenerationSettings | None = None, **generation: Any) -> str:
+        """The answer to ``question``, given the earlier turns; the turn is added to the history."""
+        resolved = resolve_settings(settings, generation)
+        call = self._call(await self.prompt_for(question), resolved)
+        return self._answered(question, await self._client.transport.infer(call))

@@ -1,0 +1,311 @@
+"""The one layer below both clients that talks to tritonclient: connect, send, wait, translate errors.
+
+A :class:`Call` is one inference request, built for the client's protocol, with the function that
+reads its answer. :class:`Transport` sends calls with the blocking tritonclient (gRPC, or HTTP
+with gevent), :class:`AsyncTransport` with its asyncio twin. The clients, their fan-out, the chat
+sessions and the image index all send through these two; whatever goes wrong comes out as a
+:class:`~blip2_triton.client.errors.Blip2ClientError`.
+
+What comes later has one place here: streaming responses (a ``stream`` method on each transport,
+over gRPC ``stream_infer``) and retries of UNAVAILABLE with backoff (around ``_send`` and
+:meth:`Transport.submit`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from .errors import Blip2ClientError, ServerUnavailableError, translated_errors
+from .options import ClientOptions
+
+__all__ = ["AsyncTransport", "Call", "Pending", "Transport"]
+
+T = TypeVar("T")
+
+_READY_POLL_S = 0.25
+
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    """One inference request: tritonclient inputs and requested outputs, and how to read the answer."""
+
+    model: str
+    inputs: list[Any]
+    outputs: list[Any]
+    read: Callable[[Any], T]
+
+
+class _TransportBase:
+    """What both transports share: the options, the closed state, per-protocol call arguments."""
+
+    def __init__(self, options: ClientOptions) -> None:
+        self.options = options
+        self._closed = False
+
+    @property
+    def protocol(self) -> str:
+        return self.options.protocol
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def check_open(self) -> None:
+        """Blip2ClientError when the transport (its client) is closed."""
+        if self._closed:
+            raise Blip2ClientError("the client is closed")
+
+    def _timeout(self, seconds: float) -> dict[str, float]:
+        """The per-call deadline argument: gRPC takes one, HTTP has it on the connection."""
+        return {"client_timeout": seconds} if self.protocol == "grpc" else {}
+
+    def _not_ready(self, timeout_s: float) -> ServerUnavailableError:
+        options = self.options
+        return ServerUnavailableError(
+            f"model '{options.model_name}' at {options.url} ({options.protocol}) not ready after {timeout_s:g} s"
+        )
+
+    def _model_config_args(self, model: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        if self.protocol == "grpc":
+            return (model,), {"as_json": True, **self._timeout(self.options.init_timeout_s)}
+        return (model,), {}
+
+
+class Pending(Generic[T]):
+    """A call sent by :meth:`Transport.submit`: :meth:`result` waits for its answer."""
+
+    def __init__(self, call: Call[T], index: int | None) -> None:
+        self._call = call
+        self._index = index
+
+    def result(self) -> T:
+        """The read answer, or the call's error as a Blip2ClientError with ``.index`` set."""
+        with translated_errors(self._index):
+            return self._call.read(self._wait())
+
+    def _wait(self) -> Any:
+        raise NotImplementedError
+
+    def cancel(self) -> None:
+        """Stop waiting for the answer (best effort; never raises)."""
+
+
+class _GrpcPending(Pending[T]):
+    """Sent with gRPC ``async_infer``: the answer arrives through a callback."""
+
+    def __init__(self, connection: Any, call: Call[T], index: int | None, timeout: dict) -> None:
+        super().__init__(call, index)
+        self._future: concurrent.futures.Future = concurrent.futures.Future()
+        self._context = connection.async_infer(
+            call.model, call.inputs, self._on_done, outputs=call.outputs, **timeout
+        )
+
+    def _on_done(self, result: Any, error: Any) -> None:
+        if error is not None:
+            self._future.set_exception(error)
+        else:
+            self._future.set_result(result)
+
+    def _wait(self) -> Any:
+        return self._future.result()
+
+    def cancel(self) -> None:
+        with contextlib.suppress(Exception):
+            self._context.cancel()
+
+
+class _HttpPending(Pending[T]):
+    """Sent from a gevent greenlet of the HTTP client (its ``async_infer`` sleeps 10 ms a call)."""
+
+    def __init__(self, connection: Any, call: Call[T], index: int | None) -> None:
+        import gevent
+
+        super().__init__(call, index)
+        self._greenlet = gevent.spawn(_http_infer, connection, call)
+
+    def _wait(self) -> Any:
+        result, error = self._greenlet.get()
+        if error is not None:
+            raise error
+        return result
+
+    def cancel(self) -> None:
+        with contextlib.suppress(Exception):
+            self._greenlet.kill(block=False)
+
+
+def _http_infer(connection: Any, call: Call) -> tuple[Any, BaseException | None]:
+    # Errors are returned, not raised: gevent prints a traceback for a greenlet that raises.
+    try:
+        return connection.infer(call.model, call.inputs, outputs=call.outputs), None
+    except Exception as exc:
+        return None, exc
+
+
+class Transport(_TransportBase):
+    """Blocking calls over ``tritonclient.grpc`` or ``tritonclient.http``; connects at once.
+
+    Over gRPC one transport may be shared between threads; over HTTP (gevent) it belongs to one thread.
+    """
+
+    def __init__(self, options: ClientOptions) -> None:
+        super().__init__(options)
+        with translated_errors():
+            if options.protocol == "grpc":
+                import tritonclient.grpc as grpcclient
+
+                self._connection = grpcclient.InferenceServerClient(options.url)
+            else:
+                import tritonclient.http as httpclient
+
+                self._connection = httpclient.InferenceServerClient(
+                    options.url,
+                    concurrency=options.max_concurrency,
+                    connection_timeout=options.init_timeout_s,
+                    network_timeout=options.inference_timeout_s,
+                )
+
+    def infer(self, call: Call[T], index: int | None = None) -> T:
+        """Send ``call`` and wait for its read answer; errors carry ``index`` when given."""
+        self.check_open()
+        with translated_errors(index):
+            return call.read(self._send(call))
+
+    def _send(self, call: Call) -> Any:
+        timeout = self._timeout(self.options.inference_timeout_s)
+        return self._connection.infer(call.model, call.inputs, outputs=call.outputs, **timeout)
+
+    def submit(self, call: Call[T], index: int | None = None) -> Pending[T]:
+        """Send ``call`` without waiting: :meth:`Pending.result` waits (the fan-out keeps a window)."""
+        self.check_open()
+        with translated_errors(index):
+            if self.protocol == "grpc":
+                timeout = self._timeout(self.options.inference_timeout_s)
+                return _GrpcPending(self._connection, call, index, timeout)
+            return _HttpPending(self._connection, call, index)
+
+    def model_config(self, model: str) -> Mapping[str, Any]:
+        """The config of ``model`` as JSON (gRPC: ``{"config": {...}}``, HTTP: the config)."""
+        self.check_open()
+        args, kwargs = self._model_config_args(model)
+        with translated_errors():
+            return self._connection.get_model_config(*args, **kwargs)
+
+    def is_ready(self) -> bool:
+        """True when the server is up and the client's model is ready; False when not (never raises)."""
+        if self._closed:
+            return False
+        timeout = self._timeout(self.options.init_timeout_s)
+        try:
+            with translated_errors():
+                return bool(
+                    self._connection.is_server_ready(**timeout)
+                    and self._connection.is_model_ready(self.options.model_name, **timeout)
+                )
+        except Blip2ClientError:
+            return False
+
+    def wait_until_ready(self, timeout_s: float | None = None) -> None:
+        """Poll :meth:`is_ready`; ServerUnavailableError after ``timeout_s`` (default ``init_timeout_s``)."""
+        self.check_open()
+        timeout_s = self.options.init_timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout_s
+        while not self.is_ready():
+            if time.monotonic() >= deadline:
+                raise self._not_ready(timeout_s)
+            time.sleep(_READY_POLL_S)
+
+    def close(self) -> None:
+        """Close the connection; later calls raise Blip2ClientError. Safe to call twice."""
+        if not self._closed:
+            self._closed = True
+            with contextlib.suppress(Exception):
+                self._connection.close()
+
+
+class AsyncTransport(_TransportBase):
+    """Calls over ``tritonclient.grpc.aio`` or ``tritonclient.http.aio``.
+
+    The connection is made on first use, inside the running event loop: one transport per loop.
+    """
+
+    def __init__(self, options: ClientOptions) -> None:
+        super().__init__(options)
+        self._connection: Any = None
+
+    def _connected(self) -> Any:
+        """The tritonclient asyncio client, made now if it is not yet; Blip2ClientError when closed."""
+        self.check_open()
+        if self._connection is None:
+            options = self.options
+            with translated_errors():
+                if options.protocol == "grpc":
+                    import tritonclient.grpc.aio as grpcclient
+
+                    self._connection = grpcclient.InferenceServerClient(options.url)
+                else:
+                    import tritonclient.http.aio as httpclient
+
+                    self._connection = httpclient.InferenceServerClient(
+                        options.url,
+                        conn_limit=options.max_concurrency,
+                        conn_timeout=options.inference_timeout_s,
+                    )
+        return self._connection
+
+    async def infer(self, call: Call[T], index: int | None = None) -> T:
+        """Send ``call`` and await its read answer; errors carry ``index`` when given."""
+        connection = self._connected()
+        timeout_s = self.options.inference_timeout_s
+        with translated_errors(index):
+            sent = connection.infer(call.model, call.inputs, outputs=call.outputs, **self._timeout(timeout_s))
+            return call.read(await asyncio.wait_for(sent, timeout_s + 1.0))
+
+    async def model_config(self, model: str) -> Mapping[str, Any]:
+        """The config of ``model`` as JSON (gRPC: ``{"config": {...}}``, HTTP: the config)."""
+        connection = self._connected()
+        args, kwargs = self._model_config_args(model)
+        with translated_errors():
+            return await asyncio.wait_for(
+                connection.get_model_config(*args, **kwargs), self.options.init_timeout_s
+            )
+
+    async def is_ready(self) -> bool:
+        """True when the server is up and the client's model is ready; False when not (never raises)."""
+        if self._closed:
+            return False
+        timeout_s = self.options.init_timeout_s
+        timeout = self._timeout(timeout_s)
+        try:
+            connection = self._connected()
+            with translated_errors():
+                if not await asyncio.wait_for(connection.is_server_ready(**timeout), timeout_s):
+                    return False
+                model_ready = connection.is_model_ready(self.options.model_name, **timeout)
+                return bool(await asyncio.wait_for(model_ready, timeout_s))
+        except Blip2ClientError:
+            return False
+
+    async def wait_until_ready(self, timeout_s: float | None = None) -> None:
+        """Poll :meth:`is_ready`; ServerUnavailableError after ``timeout_s`` (default ``init_timeout_s``)."""
+        self._connected()
+        timeout_s = self.options.init_timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout_s
+        while not await self.is_ready():
+            if time.monotonic() >= deadline:
+                raise self._not_ready(timeout_s)
+            await asyncio.sleep(_READY_POLL_S)
+
+    async def close(self) -> None:
+        """Close the connection; later calls raise Blip2ClientError. Safe to call twice."""
+        self._closed = True
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                await connection.close()
