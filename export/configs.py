@@ -82,7 +82,7 @@ def check_model_config(config: model_config_pb2.ModelConfig, folder_name: str) -
 
 def check_ensemble(
     ensemble: model_config_pb2.ModelConfig, models: Mapping[str, model_config_pb2.ModelConfig]
-):
+) -> None:
     """Every step names a model of the repository and only tensors that model has."""
     ensemble_inputs = {t.name for t in ensemble.input}
     produced: set[str] = set(ensemble_inputs)

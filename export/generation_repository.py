@@ -19,7 +19,7 @@ from .repository_writer import RepositoryWriter
 LLM_INPUTS = (C.TEXT_INPUT, *C.GENERATION_INPUTS)
 
 
-class GenerationRepository(RepositoryWriter):
+class GenerationRepository(RepositoryWriter[GenerationCheckpoint]):
     """``blip2`` (ensemble) = ``blip2_preprocess`` -> ``blip2_vision`` -> ``blip2_llm``."""
 
     architecture = "Blip2ForConditionalGeneration"

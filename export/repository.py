@@ -29,7 +29,7 @@ from .retrieval_repository import RetrievalRepository
 __all__ = ["WRITERS", "ExportOptions", "export_repository"]
 
 # In order: the first that accepts a checkpoint exports it (generation accepts any, and says why not).
-WRITERS: tuple[RepositoryWriter, ...] = (RetrievalRepository(), GenerationRepository())
+WRITERS: tuple[RepositoryWriter[Any], ...] = (RetrievalRepository(), GenerationRepository())
 
 
 def export_repository(

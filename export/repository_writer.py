@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from .checkpoint import Checkpoint
 from .model_folders import ModelFolders
 from .options import ExportOptions
 from .progress import Progress
 
+CheckpointT = TypeVar("CheckpointT", bound=Checkpoint)
 
-class RepositoryWriter(ABC):
+
+class RepositoryWriter(ABC, Generic[CheckpointT]):
     """Loads one architecture's checkpoint and writes its models; the pipeline does the rest.
 
     The pipeline (stage, validate, manifest, move into place) calls, in order: ``accepts``,
@@ -32,15 +34,15 @@ class RepositoryWriter(ABC):
         options.check()
 
     @abstractmethod
-    def load(self, source: str, config: Any, options: ExportOptions, progress: Progress) -> Checkpoint:
+    def load(self, source: str, config: Any, options: ExportOptions, progress: Progress) -> CheckpointT:
         """Load the checkpoint (one progress step)."""
 
-    def template_values(self, checkpoint: Checkpoint, options: ExportOptions) -> dict[str, Any]:
+    def template_values(self, checkpoint: CheckpointT, options: ExportOptions) -> dict[str, Any]:
         """Values for the ``config.pbtxt`` templates: the options', the checkpoint's, the writer's."""
         return {**options.template_values(), **checkpoint.template_values()}
 
     @abstractmethod
     def write(
-        self, checkpoint: Any, folders: ModelFolders, options: ExportOptions, progress: Progress
+        self, checkpoint: CheckpointT, folders: ModelFolders, options: ExportOptions, progress: Progress
     ) -> dict[str, Any]:
         """Write every model of ``models``; returns the manifest entries of this architecture."""

@@ -36,7 +36,7 @@ from .retrieval_checkpoint import (
 ONNX_FILES = {"image": "model.onnx", "text": "text.onnx", "itm": "itm.onnx"}
 
 
-class RetrievalRepository(RepositoryWriter):
+class RetrievalRepository(RepositoryWriter[RetrievalCheckpoint]):
     """``blip2_image_embed``, ``blip2_text_embed`` and ``blip2_itm`` over their shared steps."""
 
     architecture = RETRIEVAL_ARCHITECTURE
