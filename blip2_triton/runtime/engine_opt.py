@@ -8,27 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .contract import GenerationSettings
-from .engine import GenerationRequest, LlmSettings
-from .errors import RequestValidationError
+from .engine import GenerationRequest
 from .generation import generate_kwargs
 from .prompt_engine import PromptEngine
 
 
 class DecoderOnlyEngine(PromptEngine):
     """OPT-style causal LM: image tokens + prompt, left-padded batches, transformers ``generate``."""
-
-    def __init__(self, model, tokenizer, settings: LlmSettings, device: str = "cpu") -> None:
-        super().__init__(model, tokenizer, settings, device)
-        self.context_length = int(getattr(model.config, "max_position_embeddings", 0) or 0)
-
-    def check_length(self, ids: list[int], settings: GenerationSettings) -> None:
-        total = len(ids) + settings.max_tokens
-        if self.context_length and total > self.context_length:
-            raise RequestValidationError(
-                f"prompt is {len(ids)} tokens (image tokens included); with max_tokens "
-                f"{settings.max_tokens} that exceeds the model's context of {self.context_length} tokens"
-            )
 
     def _generate_group(self, requests: Sequence[GenerationRequest], all_ids: list[list[int]]) -> list[str]:
         torch = self._torch

@@ -22,14 +22,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .contract import GenerationSettings
-from .engine import GenerationRequest, LlmSettings
-from .errors import RequestValidationError
+from .engine import GenerationRequest
 from .generation import generate_kwargs
 from .prompt_engine import PromptEngine
-
-# T5 has no position table; Flan-T5's tokenizer says 512 (``model_max_length``) and was trained so.
-DEFAULT_ENCODER_TOKENS = 512
 
 
 class EncoderDecoderEngine(PromptEngine):
@@ -37,22 +32,6 @@ class EncoderDecoderEngine(PromptEngine):
 
     padding_side = "right"
     auto_model_class = "AutoModelForSeq2SeqLM"
-
-    def __init__(self, model, tokenizer, settings: LlmSettings, device: str = "cpu") -> None:
-        super().__init__(model, tokenizer, settings, device)
-        self.encoder_length = encoder_token_limit(tokenizer)
-
-    def check_length(self, ids: list[int], settings: GenerationSettings) -> None:
-        """The encoder input, image tokens included, must fit the tokenizer's ``model_max_length``.
-
-        ``Blip2Processor`` counts the image tokens against ``max_length`` the same way. The decoder
-        has no fixed limit; ``max_tokens`` is capped by the contract.
-        """
-        if len(ids) > self.encoder_length:
-            raise RequestValidationError(
-                f"prompt is {len(ids)} tokens (image tokens included); the encoder takes at most "
-                f"{self.encoder_length} tokens"
-            )
 
     def _generate_group(self, requests: Sequence[GenerationRequest], all_ids: list[list[int]]) -> list[str]:
         torch = self._torch
@@ -67,11 +46,3 @@ class EncoderDecoderEngine(PromptEngine):
             )
         texts = self.tokenizer.batch_decode(sequences, skip_special_tokens=True)
         return [text.strip() for text in texts]
-
-
-def encoder_token_limit(tokenizer) -> int:
-    """The tokenizer's ``model_max_length``, or 512 when it sets none (transformers' huge default)."""
-    limit = getattr(tokenizer, "model_max_length", None)
-    if isinstance(limit, int) and 0 < limit < 1_000_000:
-        return limit
-    return DEFAULT_ENCODER_TOKENS

@@ -12,6 +12,7 @@ from .contract import GenerationSettings
 from .engine import GenerationEngine, GenerationRequest, LlmSettings
 from .errors import RequestValidationError
 from .generation import batch_key, runs_alone
+from .prompt_check import PromptChecker
 
 TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
@@ -38,10 +39,9 @@ class PromptEngine(GenerationEngine):
         self.settings = settings
         self.device = device
         self.pad_token_id = _first(model.generation_config.pad_token_id, tokenizer.pad_token_id, 0)
-        image_tokens = tokenizer.convert_ids_to_tokens(settings.image_token_id) * settings.num_query_tokens
-        self._image_ids = tokenizer(image_tokens, add_special_tokens=False)["input_ids"]
-        if self._image_ids != [settings.image_token_id] * settings.num_query_tokens:
-            raise ValueError("the tokenizer does not map the image token to a single id")
+        self.checker = PromptChecker(
+            tokenizer, settings, context_length=context_length(model.config, settings)
+        )
 
     @classmethod
     def from_folder(cls, folder: str | Path, device: str = "cpu") -> PromptEngine:
@@ -58,19 +58,8 @@ class PromptEngine(GenerationEngine):
         return cls(model, tokenizer, settings, device)
 
     def prompt_ids(self, prompt: str) -> list[int]:
-        """Token ids of image tokens + prompt, as ``Blip2Processor`` and ``generate`` build them.
-
-        Without a prompt ``generate`` appends ``text_config.bos_token_id``. A checkpoint without
-        one (transformers' ``generate`` then fails) gets what ``Blip2Processor`` gives for an empty
-        prompt, the tokenizer's encoding of "" (``</s>`` for T5, as Flan-T5 checkpoints' bos 1).
-        """
-        if prompt:
-            text_ids = self.tokenizer(prompt)["input_ids"]
-        elif self.settings.bos_token_id is not None:
-            text_ids = [self.settings.bos_token_id]
-        else:
-            text_ids = self.tokenizer("")["input_ids"]
-        return self._image_ids + list(text_ids)
+        """Token ids of image tokens + prompt, as ``Blip2Processor`` and ``generate`` build them."""
+        return self.checker.prompt_ids(prompt)
 
     def check(self, request: GenerationRequest) -> list[int]:
         """Validate a request against the model; returns its input ids."""
@@ -78,16 +67,7 @@ class PromptEngine(GenerationEngine):
         shape = tuple(request.query_embeds.shape)
         if shape != expected:
             raise RequestValidationError(f"query_embeds has shape {shape}, expected {expected}")
-        ids = self.prompt_ids(request.prompt)
-        if ids.count(self.settings.image_token_id) != self.settings.num_query_tokens:
-            image_token = self.tokenizer.convert_ids_to_tokens(self.settings.image_token_id)
-            raise RequestValidationError(f"the prompt must not contain the image token {image_token}")
-        self.check_length(ids, request.settings)
-        return ids
-
-    @abstractmethod
-    def check_length(self, ids: list[int], settings: GenerationSettings) -> None:
-        """Raise ``RequestValidationError`` when ``ids`` and ``settings`` exceed what the model takes."""
+        return self.checker.check(request.prompt, request.settings)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[str | Exception]:
         results: list[str | Exception | None] = [None] * len(requests)
@@ -147,3 +127,10 @@ def _first(*values):
         if value is not None:
             return value[0] if isinstance(value, list) else value
     return None
+
+
+def context_length(config, settings: LlmSettings) -> int:
+    """Tokens a decoder-only model takes at most (its position table); 0 for encoder-decoders."""
+    if settings.family == "t5":
+        return 0
+    return int(getattr(config, "max_position_embeddings", 0) or 0)

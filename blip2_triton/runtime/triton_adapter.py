@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from .errors import RequestValidationError
+from .errors import EngineOverloadedError, RequestCancelledError, RequestValidationError
 
 
 class ModelLogger:
@@ -29,15 +29,25 @@ class ModelLogger:
         pb_utils.Logger.log_error(self.prefix + message)
 
 
-def error_response(exc: BaseException, logger: ModelLogger):
-    """A response carrying a one-line error: INVALID_ARG for bad input, INTERNAL (logged) otherwise."""
-    if isinstance(exc, RequestValidationError):
-        return pb_utils.InferenceResponse(
-            error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
-        )
+def triton_error(exc: BaseException, logger: ModelLogger):
+    """The one-line ``TritonError`` for an exception: bad input INVALID_ARG, a full engine
+    UNAVAILABLE, a cancellation CANCELLED, anything else INTERNAL (with the traceback logged)."""
+    codes = (
+        (RequestValidationError, pb_utils.TritonError.INVALID_ARG),
+        (EngineOverloadedError, pb_utils.TritonError.UNAVAILABLE),
+        (RequestCancelledError, pb_utils.TritonError.CANCELLED),
+    )
+    for kind, code in codes:
+        if isinstance(exc, kind):
+            return pb_utils.TritonError(" ".join(str(exc).split()), code)
     logger.error("".join(traceback.format_exception(exc)))
     message = " ".join(f"internal error: {type(exc).__name__}: {exc}".split())
-    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INTERNAL))
+    return pb_utils.TritonError(message, pb_utils.TritonError.INTERNAL)
+
+
+def error_response(exc: BaseException, logger: ModelLogger):
+    """A response carrying the one-line error for ``exc`` (see ``triton_error``)."""
+    return pb_utils.InferenceResponse(error=triton_error(exc, logger))
 
 
 def input_array(request, name: str) -> np.ndarray | None:

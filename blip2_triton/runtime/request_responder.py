@@ -1,0 +1,106 @@
+"""From engine callbacks to the responses of one Triton request, free of Triton glue.
+
+A Triton request to the LLM stage holds one or more rows (a client may send a batch); the engine
+generates each row on its own. ``RequestResponder`` gathers the rows' callbacks (they arrive on the
+engine thread) and says, through an injected ``send``, what the request is answered:
+
+- unary (``stream=False``): one response with every row's text, flagged final, once all rows are
+  done;
+- streaming (``stream=True``, one row): one response per new piece of text, then a final flag;
+- an error or a cancellation of any row: that one error, flagged final; the other rows are then
+  reported cancelled to the engine, which frees their slots at its next step.
+
+Exactly one final send happens per request, whatever the order of the callbacks.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from .errors import RequestCancelledError
+
+# send(outputs or None, error or None, final)
+Send = Callable[[list[str] | None, BaseException | None, bool], None]
+
+
+class RequestResponder:
+    """Answers one Triton request of ``rows`` rows; ``sink(row)`` is what the engine calls."""
+
+    def __init__(self, rows: int, *, stream: bool, send: Send, client_cancelled: Callable[[], bool]) -> None:
+        if stream and rows != 1:
+            raise ValueError("a streaming request has exactly one row")
+        self.rows = rows
+        self.stream = stream
+        self._send = send
+        self._client_cancelled = client_cancelled
+        self._texts: list[str | None] = [None] * rows
+        self._done = 0
+        self._answered = False
+        self._cancel_requested = False
+        self._lock = threading.Lock()
+
+    def sink(self, row: int) -> RowSink:
+        return RowSink(self, row)
+
+    @property
+    def answered(self) -> bool:
+        return self._answered
+
+    def cancel(self) -> None:
+        """Cancel the request from outside the engine (a control message, a shutdown)."""
+        self._cancel_requested = True
+
+    def cancelled(self) -> bool:
+        """Whether the engine should drop the request's rows now."""
+        return self._answered or self._cancel_requested or self._client_cancelled()
+
+    # -- callbacks (engine thread) -------------------------------------------------------------------
+
+    def text(self, row: int, piece: str) -> None:
+        if self.stream and piece and not self._answered:
+            self._send([piece], None, False)
+
+    def finish(self, row: int, text: str) -> None:
+        with self._lock:
+            if self._answered or self._texts[row] is not None:
+                return
+            self._texts[row] = text
+            self._done += 1
+            if self._done < self.rows:
+                return
+            self._answered = True
+        if self.stream:
+            self._send(None, None, True)
+        else:
+            self._send([t or "" for t in self._texts], None, True)
+
+    def fail(self, row: int, error: BaseException) -> None:
+        with self._lock:
+            if self._answered:
+                return
+            self._answered = True
+        self._send(None, error, True)
+
+
+class RowSink:
+    """The engine's view of one row: the ``RequestSink`` protocol of ``inflight_engine``."""
+
+    def __init__(self, responder: RequestResponder, row: int) -> None:
+        self._responder = responder
+        self._row = row
+
+    def on_text(self, piece: str) -> None:
+        self._responder.text(self._row, piece)
+
+    def on_finish(self, text: str) -> None:
+        self._responder.finish(self._row, text)
+
+    def on_error(self, exc: BaseException) -> None:
+        self._responder.fail(self._row, exc)
+
+    def on_cancelled(self) -> None:
+        self._responder.fail(self._row, RequestCancelledError("the request was cancelled"))
+
+    def is_cancelled(self) -> bool:
+        return self._responder.cancelled()
