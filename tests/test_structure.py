@@ -198,3 +198,46 @@ def test_the_wheel_ships_what_an_installed_package_needs(wheel: tuple[Path, str]
     assert "blip2_triton/fixtures/samples/sky_circle.jpg" in names
     assert "blip2_triton/runtime/contract.py" in names
     assert not [n for n in names if n.startswith(("tests/", "export/", "client/", "samples/"))]
+
+
+def test_the_installed_wheel_runs_the_demo(wheel: tuple[Path, str], tmp_path: Path) -> None:
+    """``pip install`` of the wheel into an empty venv, then ``blip2-triton demo`` outside the checkout."""
+    path, _ = wheel
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    install = subprocess.run(
+        [
+            str(venv / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-c",
+            str(ROOT / "requirements.lock"),
+            f"{path}[server,export]",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert install.returncode == 0, install.stderr[-3000:]
+    workdir = tmp_path / "elsewhere"
+    workdir.mkdir()
+    demo = subprocess.run(
+        [str(venv / "bin" / "blip2-triton"), "demo", "--work-dir", str(workdir / "demo")],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert demo.returncode == 0, (demo.stdout + demo.stderr)[-3000:]
+    assert "demo finished" in demo.stdout
+    where = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import blip2_triton; print(blip2_triton.__file__)"],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert Path(where.stdout.strip()).is_relative_to(venv)  # the installed package, not the checkout
