@@ -62,7 +62,7 @@ def test_readiness_and_family(opt_server, protocol):
     with Blip2Client(url_of(opt_server, protocol), protocol=protocol) as client:
         client.wait_until_ready(60)
         assert client.is_ready() is True
-        assert client.llm_family == "opt"
+        assert client.llm_family() == "opt"
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

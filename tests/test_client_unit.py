@@ -1,10 +1,11 @@
-"""The client SDK without a server: tensors, images, prompts, error mapping, options and the CLI."""
+"""The client SDK without a server: tensors, images, prompts, errors, options, the CLI, the twins, fan-out."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import dataclasses
+import inspect
 import io
 import json
 import socket
@@ -18,8 +19,10 @@ from tritonclient.utils import InferenceServerException, serialize_byte_tensor
 from blip2_triton import cli
 from blip2_triton.client import (
     AsyncBlip2Client,
+    AsyncChatSession,
     Blip2Client,
     Blip2ClientError,
+    ChatSession,
     GenerationSettings,
     InferenceTimeoutError,
     InvalidImageError,
@@ -34,8 +37,9 @@ from blip2_triton.client import (
     map_triton_error,
     vqa_prompt,
 )
-from blip2_triton.client.errors import translated_errors
 from blip2_triton.client.calls import batch_prompts
+from blip2_triton.client.errors import translated_errors
+from blip2_triton.client.fan_out import fan_out, fan_out_async
 from blip2_triton.client.options import ClientOptions
 from blip2_triton.client.prompts import family_from_model_config, llm_family_from_config
 from blip2_triton.client.settings import resolve_settings
@@ -525,3 +529,198 @@ def test_empty_batch_sends_nothing():
             return await client.caption_batch([])
 
     assert asyncio.run(main()) == []
+
+
+def test_cli_flags_are_the_contract_settings(parser):
+    argv = ["caption", "a.jpg"]
+    for spec in GENERATION_INPUTS:
+        argv += ["--" + spec.name.replace("_", "-"), "1"]
+    args = parser.parse_args(argv)
+    assert command.settings_from_args(args).to_dict() == dict.fromkeys(GENERATION_INPUT_NAMES, 1)
+    help_text = parser._subparsers._group_actions[0].choices["caption"].format_help()
+    assert all(spec.doc.split()[0] in help_text for spec in GENERATION_INPUTS)
+
+
+def test_cli_seed_is_an_alias_of_random_seed(parser):
+    for flag in ("--seed", "--random-seed"):
+        args = parser.parse_args(["ask", "a.jpg", "why?", flag, "7"])
+        assert command.settings_from_args(args) == GenerationSettings(random_seed=7)
+
+
+# -- the twins: same members, one flavour blocking, one awaited --------------------------------------
+def _public_members(cls: type) -> dict[str, object]:
+    return {
+        name: inspect.getattr_static(cls, name)
+        for name in dir(cls)
+        if not name.startswith("_") and name not in ("close",)
+    }
+
+
+@pytest.mark.parametrize(
+    ("blocking", "awaited", "plain"),
+    [(Blip2Client, AsyncBlip2Client, {"chat"}), (ChatSession, AsyncChatSession, {"reset"})],
+)
+def test_sync_and_async_twins_have_the_same_members(blocking, awaited, plain):
+    members = _public_members(blocking)
+    assert members.keys() == _public_members(awaited).keys()
+    for name, member in members.items():
+        twin = inspect.getattr_static(awaited, name)
+        if isinstance(member, property):
+            assert isinstance(twin, property), name
+            continue
+        parameters = inspect.signature(member).parameters
+        assert parameters == inspect.signature(twin).parameters, name
+        assert inspect.iscoroutinefunction(twin) is (name not in plain), name
+        assert not inspect.iscoroutinefunction(member), name
+
+
+def _family_config(family: str) -> dict:
+    return {"config": {"name": "blip2_llm", "parameters": {"llm_family": {"string_value": family}}}}
+
+
+def test_llm_family_is_read_once_the_same_way_by_both_clients(monkeypatch):
+    asked: list[str] = []
+
+    def model_config(model):
+        asked.append(model)
+        return _family_config("t5")
+
+    async def model_config_async(model):
+        return model_config(model)
+
+    with Blip2Client(f"localhost:{closed_port()}") as client:
+        monkeypatch.setattr(client.transport, "model_config", model_config)
+        assert client.llm_family() == "t5" and client.llm_family() == "t5"
+
+    async def main():
+        async with AsyncBlip2Client(f"localhost:{closed_port()}") as client:
+            monkeypatch.setattr(client.transport, "model_config", model_config_async)
+            return await client.llm_family(), await client.llm_family()
+
+    assert asyncio.run(main()) == ("t5", "t5")
+    assert asked == ["blip2_llm", "blip2_llm"]  # once per client
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_chat_serialises_the_image_once_per_session(monkeypatch, protocol):
+    serialised: list[bytes] = []
+    image_input = _tensors.image_input
+
+    def counting_image_input(protocol, image):
+        serialised.append(image)
+        return image_input(protocol, image)
+
+    monkeypatch.setattr(_tensors, "image_input", counting_image_input)
+    picture = Image.linear_gradient("L").convert("RGB")  # a PIL image: PNG-encoded for the session
+    sent = []
+
+    def infer(call, index=None):
+        sent.append(call)
+        return f"answer {len(sent)}"
+
+    async def infer_async(call, index=None):
+        return infer(call, index)
+
+    async def model_config_async(model):
+        return _family_config("opt")
+
+    with Blip2Client(f"localhost:{closed_port()}", protocol=protocol) as client:
+        monkeypatch.setattr(client.transport, "model_config", lambda model: _family_config("opt"))
+        monkeypatch.setattr(client.transport, "infer", infer)
+        session = client.chat(picture)
+        assert [session.ask(q) for q in ("a?", "b?")] == ["answer 1", "answer 2"]
+
+    async def main():
+        async with AsyncBlip2Client(f"localhost:{closed_port()}", protocol=protocol) as client:
+            monkeypatch.setattr(client.transport, "infer", infer_async)
+            monkeypatch.setattr(client.transport, "model_config", model_config_async)
+            session = client.chat(picture)
+            return [await session.ask("c?"), await session.ask("d?", max_tokens=3)]
+
+    assert asyncio.run(main()) == ["answer 3", "answer 4"]
+    assert serialised == [image_bytes(picture)] * 2  # once per session, not once per turn
+    first, second, third, fourth = (call.inputs for call in sent)
+    assert first[0] is second[0] and third[0] is fourth[0]
+    prompts = [inputs[1].name() for inputs in (first, second)]
+    assert prompts == ["text_input", "text_input"]
+    assert [tensor.name() for tensor in fourth] == ["image", "text_input", "max_tokens"]
+
+
+# -- fan-out -------------------------------------------------------------------------------------
+class _Answer:
+    """A fake sent call: the item doubled, or InvalidRequestError for a negative item."""
+
+    def __init__(self, transport, item, index):
+        self.transport, self.item, self.index = transport, item, index
+        transport.in_flight += 1
+        transport.peak = max(transport.peak, transport.in_flight)
+
+    def result(self):
+        self.transport.in_flight -= 1
+        if self.item < 0:
+            raise InvalidRequestError(f"bad item {self.item}", index=self.index)
+        return self.item * 2
+
+    def cancel(self):
+        self.transport.cancelled += 1
+
+
+class _FakeTransport:
+    def __init__(self):
+        self.in_flight = self.peak = self.cancelled = 0
+
+    def check_open(self):
+        pass
+
+    def submit(self, call, index):
+        return _Answer(self, call, index)
+
+    async def infer(self, call, index=None):
+        answer = _Answer(self, call, index)
+        await asyncio.sleep(0.001 * (call % 3))  # answers come back out of order
+        return answer.result()
+
+
+def _run_fan_outs(items, **options):
+    sync = fan_out(_FakeTransport(), items, lambda item: item, max_concurrency=3, progress=False, **options)
+    transport = _FakeTransport()
+    awaited = asyncio.run(
+        fan_out_async(transport, items, lambda item: item, max_concurrency=3, progress=False, **options)
+    )
+    return sync, awaited, transport
+
+
+def test_fan_outs_keep_order_and_the_window():
+    items = list(range(20))
+    sync, awaited, transport = _run_fan_outs(items)
+    assert sync == awaited == [2 * i for i in items]
+    assert transport.peak <= 3
+
+
+def test_fan_outs_raise_the_failed_item_with_its_index():
+    for run in (
+        lambda: fan_out(_FakeTransport(), [1, 2, -3, 4], lambda i: i, max_concurrency=2, progress=False),
+        lambda: asyncio.run(
+            fan_out_async(_FakeTransport(), [1, 2, -3, 4], lambda i: i, max_concurrency=2, progress=False)
+        ),
+    ):
+        with pytest.raises(InvalidRequestError, match="bad item -3") as info:
+            run()
+        assert info.value.index == 2
+
+
+def test_fan_outs_keep_refused_items_in_their_slots():
+    def make(item):
+        if item == 5:
+            raise InvalidImageError("unreadable")
+        return item
+
+    for results in (
+        fan_out(_FakeTransport(), [1, -2, 5, 3], make, max_concurrency=2, keep_refused=True),
+        asyncio.run(
+            fan_out_async(_FakeTransport(), [1, -2, 5, 3], make, max_concurrency=2, keep_refused=True)
+        ),
+    ):
+        assert results[0] == 2 and results[3] == 6
+        assert isinstance(results[1], InvalidRequestError) and results[1].index == 1
+        assert isinstance(results[2], InvalidImageError) and results[2].index == 2

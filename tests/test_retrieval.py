@@ -421,6 +421,33 @@ def test_index_skips_unreadable_images_and_refuses_another_model(client, sample_
         index.search(TEXTS[0])
 
 
+def test_index_with_the_asyncio_client(server, client, sample_images, tmp_path):
+    """The same index, hits and skips with AsyncBlip2Client as with Blip2Client (awaited methods)."""
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n but cut short")
+    files = [*sample_images, broken]
+    expected = ImageIndex.build(client, files, tmp_path / "sync.npz")
+
+    async def build_and_search():
+        async with AsyncBlip2Client(server.grpc_url, inference_timeout_s=120.0) as aclient:
+            index = await ImageIndex.build(aclient, files, tmp_path / "async.npz", batch_size=3)
+            hits = await index.search(TEXTS[0], top_k=4, rerank=len(files))
+            text_hits = await index.search_texts(sample_images[0], list(TEXTS), rerank=2)
+            loaded = ImageIndex.load(tmp_path / "async.npz", client=aclient)
+            added = await loaded.add(files)  # only the broken file is tried again
+            return index, hits, text_hits, added
+
+    index, hits, text_hits, added = asyncio.run(build_and_search())
+    assert index.paths == expected.paths and added == 0
+    np.testing.assert_array_equal(index.embeddings, expected.embeddings)
+    assert list(index.metadata["skipped"]) == [str(broken)]
+    want = expected.search(TEXTS[0], top_k=4, rerank=len(files))
+    assert [h.path for h in hits] == [h.path for h in want]
+    assert max(abs(h.itm - w.itm) for h, w in zip(hits, want, strict=True)) < 1e-5
+    want_texts = expected.search_texts(sample_images[0], list(TEXTS), rerank=2)
+    assert [h.text for h in text_hits] == [h.text for h in want_texts]
+
+
 def test_cli_builds_and_searches(server, sample_images, tmp_path, expected):
     folder = tmp_path / "photos"
     folder.mkdir()
