@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import importlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -60,6 +61,25 @@ class _TransportBase:
         """Blip2ClientError when the transport (its client) is closed."""
         if self._closed:
             raise Blip2ClientError("the client is closed")
+
+    def _connect(self, *, asynchronous: bool) -> Any:
+        """A tritonclient client of the protocol: blocking, or asyncio (made inside the running loop)."""
+        options = self.options
+        flavour = ".aio" if asynchronous else ""
+        with translated_errors():
+            module = importlib.import_module(f"tritonclient.{options.protocol}{flavour}")
+            if options.protocol == "grpc":
+                return module.InferenceServerClient(options.url)
+            if asynchronous:
+                return module.InferenceServerClient(
+                    options.url, conn_limit=options.max_concurrency, conn_timeout=options.inference_timeout_s
+                )
+            return module.InferenceServerClient(
+                options.url,
+                concurrency=options.max_concurrency,
+                connection_timeout=options.init_timeout_s,
+                network_timeout=options.inference_timeout_s,
+            )
 
     def _timeout(self, seconds: float) -> dict[str, float]:
         """The per-call deadline argument: gRPC takes one, HTTP has it on the connection."""
@@ -156,20 +176,7 @@ class Transport(_TransportBase):
 
     def __init__(self, options: ClientOptions) -> None:
         super().__init__(options)
-        with translated_errors():
-            if options.protocol == "grpc":
-                import tritonclient.grpc as grpcclient
-
-                self._connection = grpcclient.InferenceServerClient(options.url)
-            else:
-                import tritonclient.http as httpclient
-
-                self._connection = httpclient.InferenceServerClient(
-                    options.url,
-                    concurrency=options.max_concurrency,
-                    connection_timeout=options.init_timeout_s,
-                    network_timeout=options.inference_timeout_s,
-                )
+        self._connection = self._connect(asynchronous=False)
 
     def infer(self, call: Call[T], index: int | None = None) -> T:
         """Send ``call`` and wait for its read answer; errors carry ``index`` when given."""
@@ -243,20 +250,7 @@ class AsyncTransport(_TransportBase):
         """The tritonclient asyncio client, made now if it is not yet; Blip2ClientError when closed."""
         self.check_open()
         if self._connection is None:
-            options = self.options
-            with translated_errors():
-                if options.protocol == "grpc":
-                    import tritonclient.grpc.aio as grpcclient
-
-                    self._connection = grpcclient.InferenceServerClient(options.url)
-                else:
-                    import tritonclient.http.aio as httpclient
-
-                    self._connection = httpclient.InferenceServerClient(
-                        options.url,
-                        conn_limit=options.max_concurrency,
-                        conn_timeout=options.inference_timeout_s,
-                    )
+            self._connection = self._connect(asynchronous=True)
         return self._connection
 
     async def infer(self, call: Call[T], index: int | None = None) -> T:
