@@ -11,14 +11,19 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 # Model names.
-ENSEMBLE_MODEL = "blip2"
+ENSEMBLE_MODEL = "blip2"  # the public unary model (a BLS front since the in-flight engine)
+STREAM_MODEL = "blip2_stream"  # the public streaming model (decoupled): one response per new piece
 PREPROCESS_MODEL = "blip2_preprocess"
 VISION_MODEL = "blip2_vision"
 LLM_MODEL = "blip2_llm"
 
-# Internal wires between the steps of the ensemble.
+# Internal wires between the steps.
 PIXEL_VALUES = "pixel_values"
 QUERY_EMBEDS = "query_embeds"
+# Optional inputs of blip2_llm only: pieces as they come (else one response with the whole text),
+# and a control message that cancels the in-flight request with the same request id.
+STREAM = "stream"
+CANCEL = "cancel"
 
 # Limits (documented in the README).
 DEFAULT_MAX_TOKENS = 30

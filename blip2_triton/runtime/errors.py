@@ -17,6 +17,27 @@ class RequestValidationError(Blip2RuntimeError):
 class EngineOverloadedError(Blip2RuntimeError):
     """Every slot is busy and the wait queue is full. Answered at once with Triton UNAVAILABLE."""
 
+    prefix = "server overloaded:"
+
+    def __init__(self, message: str) -> None:
+        message = " ".join(str(message).split())
+        super().__init__(message if message.startswith(self.prefix) else f"{self.prefix} {message}")
+
 
 class RequestCancelledError(Blip2RuntimeError):
     """The client cancelled the request (or its deadline passed). Answered with Triton CANCELLED."""
+
+    prefix = "request cancelled:"
+
+    def __init__(self, message: str = "the client cancelled it") -> None:
+        message = " ".join(str(message).split())
+        super().__init__(message if message.startswith(self.prefix) else f"{self.prefix} {message}")
+
+
+def error_from_step_message(message: str) -> Blip2RuntimeError | None:
+    """The runtime error a called model answered, recognised by its message (BLS in Python backend
+    2.51 reports every error code as INTERNAL, but keeps the message); None when not ours."""
+    for kind in (EngineOverloadedError, RequestCancelledError):
+        if message.startswith(kind.prefix):
+            return kind(message)
+    return None

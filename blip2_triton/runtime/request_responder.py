@@ -16,6 +16,7 @@ Exactly one final send happens per request, whatever the order of the callbacks.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 from .errors import RequestCancelledError
@@ -39,6 +40,12 @@ class RequestResponder:
         self._answered = False
         self._cancel_requested = False
         self._lock = threading.Lock()
+        # Timings for the metrics (time.monotonic()): first piece of text, final answer.
+        self.submitted_at: float | None = None
+        self.first_text_at: float | None = None
+        self.finished_at: float | None = None
+        self.tokens = 0  # pieces of text seen: one per generated token, less held-back whitespace
+        self.cancelled_by_client = False
 
     def sink(self, row: int) -> RowSink:
         return RowSink(self, row)
@@ -58,6 +65,9 @@ class RequestResponder:
     # -- callbacks (engine thread) -------------------------------------------------------------------
 
     def text(self, row: int, piece: str) -> None:
+        self.tokens += 1
+        if self.first_text_at is None:
+            self.first_text_at = time.monotonic()
         if self.stream and piece and not self._answered:
             self._send([piece], None, False)
 
@@ -70,6 +80,7 @@ class RequestResponder:
             if self._done < self.rows:
                 return
             self._answered = True
+            self.finished_at = time.monotonic()
         if self.stream:
             self._send(None, None, True)
         else:
@@ -80,6 +91,8 @@ class RequestResponder:
             if self._answered:
                 return
             self._answered = True
+            self.finished_at = time.monotonic()
+            self.cancelled_by_client = isinstance(error, RequestCancelledError)
         self._send(None, error, True)
 
 
@@ -100,7 +113,7 @@ class RowSink:
         self._responder.fail(self._row, exc)
 
     def on_cancelled(self) -> None:
-        self._responder.fail(self._row, RequestCancelledError("the request was cancelled"))
+        self._responder.fail(self._row, RequestCancelledError())
 
     def is_cancelled(self) -> bool:
         return self._responder.cancelled()

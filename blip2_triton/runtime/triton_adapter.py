@@ -6,14 +6,21 @@ without Triton.
 
 from __future__ import annotations
 
+import asyncio
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from .errors import EngineOverloadedError, RequestCancelledError, RequestValidationError
+from . import contract as C
+from .errors import (
+    EngineOverloadedError,
+    RequestCancelledError,
+    RequestValidationError,
+    error_from_step_message,
+)
 
 
 class ModelLogger:
@@ -121,6 +128,14 @@ class StepFailedError(Exception):
     """A model called through BLS answered with an error other than INVALID_ARG (answered INTERNAL)."""
 
 
+def _step_error(model_name: str, error) -> Exception:
+    """The exception for a called model's error: ours by message, else ``StepFailedError``."""
+    code = error.code() if hasattr(error, "code") else None
+    if code == pb_utils.TritonError.INVALID_ARG:
+        return RequestValidationError(error.message())
+    return error_from_step_message(error.message()) or StepFailedError(f"{model_name}: {error.message()}")
+
+
 async def call_model(model_name: str, inputs: dict[str, np.ndarray], outputs: Sequence[str]) -> dict:
     """Run another model of the repository through BLS; outputs by name.
 
@@ -134,9 +149,90 @@ async def call_model(model_name: str, inputs: dict[str, np.ndarray], outputs: Se
     )
     response = await request.async_exec()
     if response.has_error():
-        error = response.error()
-        code = error.code() if hasattr(error, "code") else None
-        if code == pb_utils.TritonError.INVALID_ARG:
-            raise RequestValidationError(error.message())
-        raise StepFailedError(f"{model_name}: {error.message()}")
+        raise _step_error(model_name, response.error())
     return {name: pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in outputs}
+
+
+async def stream_model(
+    model_name: str, inputs: dict[str, np.ndarray], outputs: Sequence[str], *, request_id: str = ""
+) -> AsyncIterator[dict[str, np.ndarray]]:
+    """Run a decoupled model through BLS; yields the outputs of each response as it comes.
+
+    Python backend 2.51 hands back a blocking iterator: each ``next`` runs in a worker thread so
+    that the event loop (and the other requests of the batch) go on meanwhile.
+    """
+    request = pb_utils.InferenceRequest(
+        model_name=model_name,
+        requested_output_names=list(outputs),
+        inputs=[pb_utils.Tensor(name, array) for name, array in inputs.items()],
+        request_id=request_id,
+    )
+    responses = await request.async_exec(decoupled=True)
+    while True:
+        response = await asyncio.to_thread(next, responses, None)
+        if response is None:
+            return
+        if response.has_error():
+            raise _step_error(model_name, response.error())
+        found = {name: pb_utils.get_output_tensor_by_name(response, name) for name in outputs}
+        if any(tensor is not None for tensor in found.values()):
+            yield {name: tensor.as_numpy() for name, tensor in found.items() if tensor is not None}
+
+
+class BlsFrontSteps:
+    """``front.FrontSteps`` over Triton BLS: ``blip2_vision`` and the decoupled ``blip2_llm``."""
+
+    async def encode(self, pixel_values: np.ndarray) -> np.ndarray:
+        outputs = await call_model(C.VISION_MODEL, {C.PIXEL_VALUES: pixel_values}, [C.QUERY_EMBEDS])
+        return outputs[C.QUERY_EMBEDS]
+
+    async def generate(
+        self, query_embeds: np.ndarray, inputs: Mapping[str, np.ndarray], *, stream: bool, request_id: str
+    ) -> AsyncIterator[str]:
+        feeds = {C.QUERY_EMBEDS: query_embeds, **inputs, C.STREAM: np.array([[stream]], dtype=np.bool_)}
+        async for outputs in stream_model(C.LLM_MODEL, feeds, [C.TEXT_OUTPUT.name], request_id=request_id):
+            for item in outputs[C.TEXT_OUTPUT.name].reshape(-1):
+                yield item.decode("utf-8") if isinstance(item, bytes) else str(item)
+
+    async def cancel(self, request_id: str) -> None:
+        feeds = {C.CANCEL: np.array([[True]], dtype=np.bool_)}
+        async for _ in stream_model(C.LLM_MODEL, feeds, [C.TEXT_OUTPUT.name], request_id=request_id):
+            pass
+
+
+class BackgroundLoop:
+    """An asyncio loop on its own thread: ``execute()`` hands requests to it and returns at once.
+
+    A Python model whose ``execute`` awaits its requests (even ``async def execute``) gets no new
+    batch until they are all answered: one long generation would hold every later request. Answered
+    from this loop instead (a non-decoupled model may answer after ``execute`` returns), requests
+    overlap freely.
+    """
+
+    def __init__(self, logger: ModelLogger) -> None:
+        import threading
+
+        self.logger = logger
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="blip2-front-loop", daemon=True)
+        self.thread.start()
+
+    def submit(self, coroutine) -> None:
+        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        future.add_done_callback(self._report)
+
+    def _report(self, future) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            self.logger.error("".join(traceback.format_exception(future.exception())))
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout_s)
+
+
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+
+def text_array(texts: Sequence[str]) -> np.ndarray:
+    """``[N, 1]`` TYPE_STRING tensor of UTF-8 texts."""
+    return np.array([[text.encode("utf-8")] for text in texts], dtype=np.object_)
