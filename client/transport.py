@@ -91,10 +91,11 @@ class _TransportBase:
             f"model '{options.model_name}' at {options.url} ({options.protocol}) not ready after {timeout_s:g} s"
         )
 
-    def _model_config_args(self, model: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    def _model_config_options(self) -> dict[str, Any]:
+        """gRPC answers a protobuf unless asked for JSON; HTTP answers JSON."""
         if self.protocol == "grpc":
-            return (model,), {"as_json": True, **self._timeout(self.options.init_timeout_s)}
-        return (model,), {}
+            return {"as_json": True, **self._timeout(self.options.init_timeout_s)}
+        return {}
 
 
 class Pending(Generic[T]):
@@ -200,9 +201,8 @@ class Transport(_TransportBase):
     def model_config(self, model: str) -> Mapping[str, Any]:
         """The config of ``model`` as JSON (gRPC: ``{"config": {...}}``, HTTP: the config)."""
         self.check_open()
-        args, kwargs = self._model_config_args(model)
         with translated_errors():
-            return self._connection.get_model_config(*args, **kwargs)
+            return self._connection.get_model_config(model, **self._model_config_options())
 
     def is_ready(self) -> bool:
         """True when the server is up and the client's model is ready; False when not (never raises)."""
@@ -256,19 +256,20 @@ class AsyncTransport(_TransportBase):
     async def infer(self, call: Call[T], index: int | None = None) -> T:
         """Send ``call`` and await its read answer; errors carry ``index`` when given."""
         connection = self._connected()
-        timeout_s = self.options.inference_timeout_s
         with translated_errors(index):
-            sent = connection.infer(call.model, call.inputs, outputs=call.outputs, **self._timeout(timeout_s))
-            return call.read(await asyncio.wait_for(sent, timeout_s + 1.0))
+            return call.read(await self._send(connection, call))
+
+    async def _send(self, connection: Any, call: Call) -> Any:
+        timeout_s = self.options.inference_timeout_s
+        sent = connection.infer(call.model, call.inputs, outputs=call.outputs, **self._timeout(timeout_s))
+        return await asyncio.wait_for(sent, timeout_s + 1.0)  # HTTP calls take no deadline of their own
 
     async def model_config(self, model: str) -> Mapping[str, Any]:
         """The config of ``model`` as JSON (gRPC: ``{"config": {...}}``, HTTP: the config)."""
         connection = self._connected()
-        args, kwargs = self._model_config_args(model)
         with translated_errors():
-            return await asyncio.wait_for(
-                connection.get_model_config(*args, **kwargs), self.options.init_timeout_s
-            )
+            answer = connection.get_model_config(model, **self._model_config_options())
+            return await asyncio.wait_for(answer, self.options.init_timeout_s)
 
     async def is_ready(self) -> bool:
         """True when the server is up and the client's model is ready; False when not (never raises)."""
