@@ -304,7 +304,9 @@ class ImageIndex:
         from tqdm.auto import tqdm
 
         _check_count("batch_size", batch_size)
-        wanted = dict.fromkeys(str(Path(p).expanduser().resolve()) for p in images)
+        wanted: dict[str, None] = yield Blocking(
+            lambda: dict.fromkeys(str(Path(p).expanduser().resolve()) for p in images)
+        )
         todo = [p for p in wanted if p not in self._known]
         skipped: dict[str, str] = {}
         if todo:
