@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from blip2_triton.runtime.contract import ENSEMBLE_MODEL
+from blip2_triton.runtime.contract import PUBLIC_MODEL
 
 from . import _tensors
 from .calls import batch_prompts, generation_call
@@ -32,7 +32,7 @@ class ClientBase:
         url: str | None = None,
         *,
         protocol: str = "grpc",
-        model_name: str = ENSEMBLE_MODEL,
+        model_name: str = PUBLIC_MODEL,
         inference_timeout_s: float = 60.0,
         init_timeout_s: float = 30.0,
         max_concurrency: int = 16,

@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from blip2_triton.runtime.contract import ENSEMBLE_MODEL, GENERATION_INPUTS, TensorSpec
+from blip2_triton.runtime.contract import PUBLIC_MODEL, GENERATION_INPUTS, TensorSpec
 
 from .cli_options import client_from_args, server_options
 from .errors import Blip2ClientError, InvalidImageError
@@ -22,7 +22,7 @@ _PYTHON_TYPES: dict[str, type] = {"TYPE_INT32": int, "TYPE_UINT64": int, "TYPE_F
 
 
 def _common_options() -> argparse.ArgumentParser:
-    parent = server_options(model=ENSEMBLE_MODEL)
+    parent = server_options(model=PUBLIC_MODEL)
     generation = parent.add_argument_group("generation (left out: the server's default)")
     for spec in GENERATION_INPUTS:
         _add_setting(generation, spec)

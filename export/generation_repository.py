@@ -23,7 +23,7 @@ class GenerationRepository(RepositoryWriter[GenerationCheckpoint]):
     """``blip2`` (ensemble) = ``blip2_preprocess`` -> ``blip2_vision`` -> ``blip2_llm``."""
 
     architecture = "Blip2ForConditionalGeneration"
-    models = (C.ENSEMBLE_MODEL, C.PREPROCESS_MODEL, C.VISION_MODEL, C.LLM_MODEL)
+    models = (C.PUBLIC_MODEL, C.PREPROCESS_MODEL, C.VISION_MODEL, C.LLM_MODEL)
     steps = 5
 
     def accepts(self, config: Any) -> bool:
@@ -47,10 +47,10 @@ class GenerationRepository(RepositoryWriter[GenerationCheckpoint]):
             "vision_instance_kind": options.instance_kind,
             "llm_instance_kind": options.instance_kind,
             "llm_device": options.device,
-            "ensemble_inputs": tensor_block(C.ENSEMBLE_INPUTS),
-            "ensemble_outputs": tensor_block(C.ENSEMBLE_OUTPUTS),
+            "ensemble_inputs": tensor_block(C.PUBLIC_INPUTS),
+            "ensemble_outputs": tensor_block(C.PUBLIC_OUTPUTS),
             "llm_inputs": tensor_block(LLM_INPUTS),
-            "llm_outputs": tensor_block(C.ENSEMBLE_OUTPUTS),
+            "llm_outputs": tensor_block(C.PUBLIC_OUTPUTS),
             "llm_input_map": "\n".join(
                 f'      input_map {{ key: "{t.name}" value: "{t.name}" }}' for t in LLM_INPUTS
             ),
@@ -73,7 +73,7 @@ class GenerationRepository(RepositoryWriter[GenerationCheckpoint]):
         progress.result(f"      ONNX vs PyTorch max abs difference: {diff:.3g}")
         progress.step("writing blip2_llm (language model weights, tokenizer, generation config)")
         self._write_llm(checkpoint, folders, options)
-        folders.model(C.ENSEMBLE_MODEL, python=False)
+        folders.model(C.PUBLIC_MODEL, python=False)
         height, width = checkpoint.image_size
         return {
             "onnx_max_abs_diff": diff,

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-from blip2_triton.runtime.contract import ENSEMBLE_INPUTS, ENSEMBLE_MODEL
+from blip2_triton.runtime.contract import PUBLIC_INPUTS, PUBLIC_MODEL
 
-_SPECS = {spec.name: spec for spec in ENSEMBLE_INPUTS}
+_SPECS = {spec.name: spec for spec in PUBLIC_INPUTS}
 _WIRE_TYPES = {"TYPE_STRING": "BYTES", "TYPE_INT32": "INT32", "TYPE_FP32": "FP32", "TYPE_UINT64": "UINT64"}
 
 
@@ -46,7 +46,7 @@ def infer_concurrently(url: str, requests: Sequence[dict], timeout_s: float = 30
     try:
         for index, request in enumerate(requests):
             client.async_infer(
-                ENSEMBLE_MODEL,
+                PUBLIC_MODEL,
                 build_inputs(**request),
                 callback=lambda result, error, index=index: answers.put((index, result, error)),
                 outputs=[grpcclient.InferRequestedOutput("text_output")],

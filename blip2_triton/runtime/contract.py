@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 # Model names.
-ENSEMBLE_MODEL = "blip2"  # the public unary model (a BLS front since the in-flight engine)
+PUBLIC_MODEL = "blip2"  # the public unary model
 STREAM_MODEL = "blip2_stream"  # the public streaming model (decoupled): one response per new piece
 PREPROCESS_MODEL = "blip2_preprocess"
 VISION_MODEL = "blip2_vision"
@@ -135,8 +135,8 @@ GENERATION_INPUTS: tuple[TensorSpec, ...] = tuple(
 )
 GENERATION_INPUT_NAMES: tuple[str, ...] = tuple(spec.name for spec in GENERATION_INPUTS)
 
-ENSEMBLE_INPUTS: tuple[TensorSpec, ...] = (IMAGE, TEXT_INPUT, *GENERATION_INPUTS)
-ENSEMBLE_OUTPUTS: tuple[TensorSpec, ...] = (TEXT_OUTPUT,)
+PUBLIC_INPUTS: tuple[TensorSpec, ...] = (IMAGE, TEXT_INPUT, *GENERATION_INPUTS)
+PUBLIC_OUTPUTS: tuple[TensorSpec, ...] = (TEXT_OUTPUT,)
 # Image-text retrieval (Blip2ForImageTextRetrieval checkpoints): public models.
 IMAGE_EMBED_MODEL = "blip2_image_embed"
 TEXT_EMBED_MODEL = "blip2_text_embed"
