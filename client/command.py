@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from blip2_triton.runtime.contract import PUBLIC_MODEL, GENERATION_INPUTS, TensorSpec
+from blip2_triton.runtime.contract import GENERATION_INPUTS, PUBLIC_MODEL, TensorSpec
 
 from .cli_options import client_from_args, server_options
 from .errors import Blip2ClientError, InvalidImageError
