@@ -49,8 +49,18 @@ def group_phrase(shape: str, colour: str, count: int) -> str:
 
 def caption(scene: Scene) -> str:
     """The one right caption of ``scene``."""
-    groups = [group_phrase(s, scene.colour_of(s), n) for s, n in scene.counts().items()]
-    return f"{' and '.join(groups)} on a {scene.background} background"
+    return caption_of(scene_groups(scene), scene.background)
+
+
+def scene_groups(scene: Scene) -> list[tuple[str, str, int]]:
+    """``(shape, colour, count)`` per group, in ``SHAPES`` order."""
+    return [(s, scene.colour_of(s), n) for s, n in scene.counts().items()]
+
+
+def caption_of(groups: list[tuple[str, str, int]], background: str) -> str:
+    """The caption of groups ``(shape, colour, count)`` on ``background`` (groups put in ``SHAPES`` order)."""
+    ordered = sorted(groups, key=lambda g: SHAPES.index(g[0]))
+    return f"{' and '.join(group_phrase(*g) for g in ordered)} on a {background} background"
 
 
 def questions(scene: Scene) -> list[QA]:

@@ -1,0 +1,120 @@
+"""The sizes of the scene models, and fresh (untrained) models and processors of those sizes.
+
+Both are real ``transformers`` classes saved with ``save_pretrained``: a
+``Blip2ForConditionalGeneration`` with an OPT language model, and a ``Blip2ForImageTextRetrieval``
+over the same vision tower. ``Blip2Processor`` adds the ``<image>`` token and expands it to
+``num_query_tokens`` copies, as the released checkpoints' processors do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SceneModelSpec:
+    """Sizes of the scene models (small enough to train on two CPU cores in minutes)."""
+
+    image_size: int = 64
+    patch_size: int = 8
+    vision_hidden: int = 96
+    vision_layers: int = 3
+    qformer_hidden: int = 96
+    qformer_layers: int = 2
+    num_query_tokens: int = 8
+    llm_hidden: int = 128
+    llm_layers: int = 2
+    vocab_size: int = 256
+    embed_dim: int = 64  # retrieval: image_text_hidden_size
+    max_positions: int = 256
+
+
+def _vision_config(spec: SceneModelSpec):
+    from transformers import Blip2VisionConfig
+
+    return Blip2VisionConfig(
+        hidden_size=spec.vision_hidden,
+        intermediate_size=spec.vision_hidden * 2,
+        num_hidden_layers=spec.vision_layers,
+        num_attention_heads=4,
+        image_size=spec.image_size,
+        patch_size=spec.patch_size,
+        initializer_range=0.02,  # the config's default (1e-10) leaves the tower all zeros
+    )
+
+
+def _qformer_config(spec: SceneModelSpec, **extra):
+    from transformers import Blip2QFormerConfig
+
+    return Blip2QFormerConfig(
+        hidden_size=spec.qformer_hidden,
+        num_hidden_layers=spec.qformer_layers,
+        num_attention_heads=4,
+        intermediate_size=spec.qformer_hidden * 2,
+        encoder_hidden_size=spec.vision_hidden,
+        cross_attention_frequency=1,
+        max_position_embeddings=64,
+        **extra,
+    )
+
+
+def processor_for(tokenizer, spec: SceneModelSpec):
+    """``Blip2Processor`` over ``tokenizer`` with a ``BlipImageProcessor`` of the spec's image size."""
+    from transformers import Blip2Processor, BlipImageProcessor
+
+    return Blip2Processor(
+        image_processor=BlipImageProcessor(size={"height": spec.image_size, "width": spec.image_size}),
+        tokenizer=tokenizer,
+        num_query_tokens=spec.num_query_tokens,
+    )
+
+
+def new_captioner(tokenizer, spec: SceneModelSpec):
+    """A fresh ``Blip2ForConditionalGeneration`` (OPT); ``tokenizer`` must already know ``<image>``."""
+    from transformers import Blip2Config, Blip2ForConditionalGeneration, OPTConfig
+
+    text = OPTConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.llm_hidden,
+        num_hidden_layers=spec.llm_layers,
+        ffn_dim=spec.llm_hidden * 2,
+        num_attention_heads=4,
+        max_position_embeddings=spec.max_positions,
+        word_embed_proj_dim=spec.llm_hidden,
+        dropout=0.0,
+        attention_dropout=0.0,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    config = Blip2Config(
+        vision_config=_vision_config(spec).to_dict(),
+        qformer_config=_qformer_config(spec).to_dict(),
+        text_config=text.to_dict(),
+        num_query_tokens=spec.num_query_tokens,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+    )
+    model = Blip2ForConditionalGeneration(config)
+    model.generation_config.max_new_tokens = 30
+    return model
+
+
+def new_retriever(tokenizer, spec: SceneModelSpec):
+    """A fresh ``Blip2ForImageTextRetrieval``; ``tokenizer`` must already know ``<image>``."""
+    from transformers import Blip2Config, Blip2ForImageTextRetrieval
+
+    qformer = _qformer_config(
+        spec,
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        use_qformer_text_input=True,  # the text branch (ITC text features, ITM) has its own FFN
+    )
+    config = Blip2Config(
+        vision_config=_vision_config(spec).to_dict(),
+        qformer_config=qformer.to_dict(),
+        num_query_tokens=spec.num_query_tokens,
+        image_text_hidden_size=spec.embed_dim,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+    )
+    return Blip2ForImageTextRetrieval(config)
