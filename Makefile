@@ -11,7 +11,7 @@ METRICS_PORT ?= 8002
 DTYPE ?= fp32
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test lint export serve bench perf clean
+.PHONY: help setup demo test lint export serve bench perf clean train-scenes eval-scenes
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-8s %s\n", $$1, $$2}'
@@ -39,6 +39,12 @@ serve: setup ## serve REPO (default .work/model_repository) in the foreground
 
 perf: setup ## perf_analyzer load test of PERF_REPO=<export> (default: a tiny model); flags: PERF_ARGS="..."
 	@$(BIN)/python benchmarks/perf_ensemble.py $(if $(PERF_REPO),--repository "$(PERF_REPO)") $(PERF_ARGS)
+
+train-scenes: setup ## train the scene checkpoints from scratch (~20 min, 2 CPU cores) into blip2_triton/fixtures/checkpoints
+	@$(BIN)/python -P -m blip2_triton.scenes.train --cache "$(WORK)/scenes-train.npy"
+
+eval-scenes: setup ## held-out scenes through the served scene checkpoints: caption, VQA, retrieval figures
+	@$(BIN)/python -P -m blip2_triton.scenes.eval_command --work-dir "$(WORK)/eval-scenes"
 
 clean: ## remove build outputs (keeps .venv)
 	rm -rf $(WORK) build *.egg-info
