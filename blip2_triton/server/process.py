@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import signal
 import subprocess
@@ -31,7 +32,19 @@ if TYPE_CHECKING:
     from tritonclient.grpc import InferenceServerClient
 
 _SHM_PREFIX = "triton_python_backend_shm_region_"
+MANIFEST = "manifest.json"
 _PR_SET_PDEATHSIG = 1
+
+
+def response_cache_args(model_repository: Path) -> list[str]:
+    """``--cache-config`` for the response cache an export asked for (``response_cache_bytes`` in its
+    manifest: the vision cache); none for a repository without one."""
+    try:
+        manifest = json.loads((model_repository / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return []
+    size = int(manifest.get("response_cache_bytes", 0) or 0)
+    return [f"--cache-config=local,size={size}"] if size > 0 else []
 
 
 def _die_with_parent(parent_pid: int, libc: ctypes.CDLL) -> None:
@@ -152,6 +165,7 @@ class TritonServer:
             "--strict-readiness=true",
             "--exit-on-error=true",
             f"--log-verbose={self.log_verbose}",
+            *response_cache_args(self.model_repository),
             *self.extra_args,
         ]
 
