@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from importlib.resources import files
 from pathlib import Path
 
@@ -22,3 +23,9 @@ def captioner_checkpoint() -> Path:
 def retriever_checkpoint() -> Path:
     """The trained ``Blip2ForImageTextRetrieval`` scene checkpoint (``save_pretrained`` layout)."""
     return checkpoints_dir() / RETRIEVER
+
+
+def image_size_of(checkpoint: str | Path) -> int:
+    """The image side a checkpoint's vision tower takes (scenes are rendered at it)."""
+    config = json.loads((Path(checkpoint) / "config.json").read_text())
+    return int(config["vision_config"]["image_size"])

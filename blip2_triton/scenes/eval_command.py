@@ -70,11 +70,11 @@ def served(checkpoint: Path, work_dir: Path, options=None):
 
 def evaluate(args: argparse.Namespace, say: Callable[[str], None] = print) -> dict[str, Any]:
     """Export, serve and score; returns the figures."""
-    from .checkpoints import captioner_checkpoint, retriever_checkpoint
+    from .checkpoints import captioner_checkpoint, image_size_of, retriever_checkpoint
     from .served_eval import evaluate_generation, evaluate_retrieval, gallery_scenes, heldout_scenes
 
     checkpoint = args.checkpoint or captioner_checkpoint()
-    size = _image_size(checkpoint)
+    size = image_size_of(checkpoint)
     result: dict[str, Any] = {"checkpoint": str(checkpoint), "date": time.strftime("%Y-%m-%d")}
     say(f"== captions and VQA: {args.scenes} held-out scenes through the served {checkpoint.name}")
     with served(checkpoint, args.work_dir / "captioner") as client:
@@ -85,11 +85,6 @@ def evaluate(args: argparse.Namespace, say: Callable[[str], None] = print) -> di
         with served(retrieval, args.work_dir / "retriever") as client:
             result["retrieval"] = evaluate_retrieval(client, gallery_scenes(args.gallery), size, args.rerank)
     return result
-
-
-def _image_size(checkpoint: Path) -> int:
-    config = json.loads((checkpoint / "config.json").read_text())
-    return int(config["vision_config"]["image_size"])
 
 
 def format_table(result: dict[str, Any]) -> str:

@@ -30,9 +30,9 @@ from .training import TrainConfig, log
 DEFAULT_OUTPUT = Path(__file__).resolve().parent.parent / "fixtures" / "checkpoints"
 
 
-def _config(overrides: list[str]) -> TrainConfig:
-    config = TrainConfig()
-    names = {f.name for f in fields(TrainConfig)}
+def _overridden(config, overrides: list[str]):
+    """``config`` (a dataclass) with ``NAME=VALUE`` overrides applied."""
+    names = {f.name for f in fields(config)}
     for item in overrides:
         name, _, value = item.partition("=")
         if name not in names:
@@ -57,10 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--set", action="append", default=[], metavar="NAME=VALUE", help="change a TrainConfig field"
     )
+    parser.add_argument(
+        "--spec", action="append", default=[], metavar="NAME=VALUE", help="change a model size"
+    )
     parser.add_argument("--eval-every", type=int, default=0, help="captioner steps between held-out checks")
     parser.add_argument("--skip-retriever", action="store_true", help="train the captioner only")
     args = parser.parse_args(argv)
-    config, spec = _config(args.set), SceneModelSpec()
+    config, spec = _overridden(TrainConfig(), args.set), _overridden(SceneModelSpec(), args.spec)
     torch.set_num_threads(config.threads)
     started = time.monotonic()
     log(f"rendering {config.train_scenes} training scenes at {spec.image_size}px")
