@@ -37,6 +37,9 @@ export: setup ## export MODEL=<hub id|folder> to REPO (default .work/model_repos
 serve: setup ## serve REPO (default .work/model_repository) in the foreground
 	@$(BIN)/blip2-triton serve --model-repository "$(REPO)" --grpc-port $(GRPC_PORT) --http-port $(HTTP_PORT) --metrics-port $(METRICS_PORT)
 
+bench: setup ## transformers in process vs the served pipeline, one table (also .work/bench/bench.md); BENCH_ARGS="--quick"
+	@$(BIN)/python benchmarks/bench_serving.py $(BENCH_ARGS)
+
 perf: setup ## perf_analyzer load test of PERF_REPO=<export> (default: a tiny model); flags: PERF_ARGS="..."
 	@$(BIN)/python benchmarks/perf_ensemble.py $(if $(PERF_REPO),--repository "$(PERF_REPO)") $(PERF_ARGS)
 

@@ -21,15 +21,10 @@ With a tiny checkpoint the weights are random: the figures measure the serving m
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import csv
-import json
 import os
-import re
-import shutil
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
@@ -37,6 +32,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from perf_tools import BenchmarkError, check_perf_analyzer, perf_analyzer_binary, write_input_data
 
 from blip2_triton.fixtures import samples_dir
 
@@ -47,17 +44,6 @@ STEPS = ("blip2_preprocess", "blip2_vision", "blip2_llm")
 SHORT = {"blip2_preprocess": "pre", "blip2_vision": "vis", "blip2_llm": "llm"}
 UNSTABLE_MARK = "Failed to obtain stable measurement"
 
-# What perf_analyzer needs at load time, and how to get it (see scripts/setup.sh).
-LIBRARY_HINTS = {
-    "libb64.so.0d": "install the Debian package libb64-0d (sudo apt-get install libb64-0d, or `make setup`)",
-    "libcudart.so.12": "install nvidia-cuda-runtime-cu12 into the venv "
-    "(.venv/bin/pip install nvidia-cuda-runtime-cu12, or `make setup`)",
-}
-
-
-class BenchmarkError(Exception):
-    """A failure reported as one line."""
-
 
 def _say(message: str = "") -> None:
     print(message, flush=True)
@@ -65,43 +51,6 @@ def _say(message: str = "") -> None:
 
 # --------------------------------------------------------------------------------------------------
 # perf_analyzer
-
-
-def perf_analyzer_binary() -> Path:
-    """The perf_analyzer that ``tritonclient[all]`` installs next to this interpreter."""
-    candidate = Path(sys.executable).parent / "perf_analyzer"
-    if candidate.is_file():
-        return candidate
-    found = shutil.which("perf_analyzer")
-    if found:
-        return Path(found)
-    raise BenchmarkError(
-        "perf_analyzer not found: install tritonclient[all]==2.51.0 into the venv (it ships the binary)"
-    )
-
-
-def missing_library_message(stderr: str) -> str | None:
-    """One line naming the shared library perf_analyzer could not load and how to install it."""
-    match = re.search(r"error while loading shared libraries: ([^:\s]+)", stderr)
-    if match is None:
-        return None
-    library = match.group(1)
-    hint = LIBRARY_HINTS.get(library, "install the package that provides it")
-    return f"perf_analyzer cannot start: {library} is missing; {hint}"
-
-
-def check_perf_analyzer(binary: Path, env: dict[str, str]) -> None:
-    """Fail fast, before any export or server start, if perf_analyzer cannot run here."""
-    try:
-        result = subprocess.run(
-            [str(binary), "--version"], env=env, capture_output=True, text=True, timeout=60
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise BenchmarkError(f"perf_analyzer cannot start: {exc}") from exc
-    if result.returncode != 0:
-        message = missing_library_message(result.stderr)
-        detail = " ".join((result.stderr or result.stdout).split())[:300]
-        raise BenchmarkError(message or f"perf_analyzer cannot start (exit {result.returncode}): {detail}")
 
 
 def parse_concurrency(spec: str) -> list[int]:
@@ -124,28 +73,6 @@ def parse_concurrency(spec: str) -> list[int]:
     if not levels or min(levels) < 1:
         raise argparse.ArgumentTypeError(f"bad concurrency {spec!r}: levels must be >= 1")
     return sorted(set(levels))
-
-
-def bytes_element(value: bytes) -> dict[str, str]:
-    """One TYPE_STRING element in perf_analyzer's ``{"b64": ...}`` form.
-
-    perf_analyzer sends the decoded b64 content as the tensor's raw bytes, which Triton reads as
-    serialized strings: a 4-byte little-endian length, then the bytes.
-    """
-    return {"b64": base64.b64encode(struct.pack("<I", len(value)) + value).decode("ascii")}
-
-
-def write_input_data(path: Path, images: list[Path], prompt: str | None, max_tokens: int | None) -> None:
-    """perf_analyzer ``--input-data`` JSON: one batch-1 request per image, cycled through."""
-    entries = []
-    for image in images:
-        entry: dict = {"image": bytes_element(image.read_bytes())}
-        if prompt:
-            entry["text_input"] = bytes_element(prompt.encode("utf-8"))
-        if max_tokens is not None:
-            entry["max_tokens"] = [max_tokens]
-        entries.append(entry)
-    path.write_text(json.dumps({"data": entries}))
 
 
 @dataclass

@@ -34,7 +34,10 @@ def bytes_element(value: bytes) -> dict[str, str]:
 
 
 def build_input_data(
-    images: list[Path], prompt: str | None = None, max_tokens: int | None = None
+    images: list[Path],
+    prompt: str | None = None,
+    max_tokens: int | None = None,
+    min_tokens: int | None = None,
 ) -> dict[str, list[dict]]:
     """The ``{"data": [...]}`` document: one entry per image, each a batch-1 request."""
     entries = []
@@ -44,6 +47,8 @@ def build_input_data(
             entry["text_input"] = bytes_element(prompt.encode("utf-8"))
         if max_tokens is not None:
             entry["max_tokens"] = [max_tokens]
+        if min_tokens is not None:
+            entry["min_tokens"] = [min_tokens]
         entries.append(entry)
     return {"data": entries}
 
@@ -54,11 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--output", type=Path, required=True, help="JSON file to write")
     parser.add_argument("--prompt", help="text_input of every request (default: plain caption)")
     parser.add_argument("--max-tokens", type=int, help="max_tokens of every request (default: the model's)")
+    parser.add_argument("--min-tokens", type=int, help="min_tokens of every request (default: none)")
     args = parser.parse_args(argv)
     missing = [str(p) for p in args.images if not p.is_file()]
     if missing:
         parser.error(f"not a file: {', '.join(missing)}")
-    document = build_input_data(args.images, args.prompt, args.max_tokens)
+    document = build_input_data(args.images, args.prompt, args.max_tokens, args.min_tokens)
     args.output.write_text(json.dumps(document))
     print(f"{args.output}: {len(document['data'])} requests", file=sys.stderr)
     return 0

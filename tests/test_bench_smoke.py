@@ -1,0 +1,101 @@
+"""Smoke tests of the benchmarks: they run end to end at a small size and print every figure.
+
+No speed is asserted (the figures depend on the machine and on what else runs on it): only that
+the table has every row, the figures are positive numbers, and the targets are reported.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS = ROOT / "benchmarks"
+LEVELS = ("1", "4", "16")
+
+
+def _run(script: str, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run ``benchmarks/<script>`` as users do (its folder on ``sys.path``)."""
+    return subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _table(markdown: str) -> dict[tuple[str, str], dict[str, str]]:
+    """The report's table: (system, concurrency) -> {column: cell}."""
+    lines = [ln for ln in markdown.splitlines() if ln.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = {}
+    for line in lines[2:]:
+        cells = dict(zip(header, (c.strip() for c in line.strip("|").split("|")), strict=True))
+        rows[(cells["system"], cells["conc."])] = cells
+    return rows
+
+
+def _positive(cell: str) -> bool:
+    try:
+        return float(cell.rstrip("x")) > 0
+    except ValueError:
+        return False
+
+
+@pytest.mark.server
+def test_bench_serving_quick_prints_every_row(tmp_path: Path) -> None:
+    output = tmp_path / "bench.md"
+    result = _run("bench_serving.py", "--quick", "--output", str(output), timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = output.read_text()
+    assert report.strip() in result.stdout  # printed and written alike
+    rows = _table(report)
+
+    figures = ("images/s", "output tok/s", "p50 ms", "p99 ms", "images/s vs A", "images/s vs B")
+    in_process = [key for key in rows if key[0].startswith(("A ", "B "))]
+    assert len(in_process) == 2
+    for key in in_process:
+        for column in (*figures, "TTFT p50 ms", "TTFT p99 ms"):
+            assert _positive(rows[key][column]), (key, column, rows[key][column])
+
+    unary = {conc: cells for (system, conc), cells in rows.items() if system == "C served blip2"}
+    assert sorted(unary, key=int) == list(LEVELS)
+    for conc, cells in unary.items():
+        for column in figures:
+            assert _positive(cells[column]), (conc, column, cells[column])
+
+    stream = {
+        conc: cells for (system, conc), cells in rows.items() if system.startswith("C served blip2_stream")
+    }
+    assert sorted(stream, key=int) == list(LEVELS)
+    for conc, cells in stream.items():
+        if cells["images/s"] == "n/a":  # a repository without the streaming model: said in a note
+            assert "no blip2_stream model in this repository" in report
+            continue
+        for column in (*figures, "TTFT p50 ms", "TTFT p99 ms"):
+            assert _positive(cells[column]), (conc, column, cells[column])
+
+    targets = re.findall(r"^- C served blip2 at concurrency .*: \*\*(met|not met)\*\*$", report, re.MULTILINE)
+    assert len(targets) == 3
+    assert re.search(r"load average \(1/5/15 min\) [\d.]+ / [\d.]+ / [\d.]+", report)
+    assert re.search(r"commit [0-9a-f]{7,}", report)
+
+
+def test_gpu_decode_small_on_cpu(tmp_path: Path) -> None:
+    if importlib.util.find_spec("blip2_triton.runtime.inflight_engine") is None:
+        pytest.skip("the in-flight engine (blip2_triton/runtime/inflight_engine.py) has not landed yet")
+    result = _run("gpu_decode.py", "--small", "--device", "cpu", "--work-dir", str(tmp_path), timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = _table(result.stdout)
+    for active in ("1", "8", "32", "64"):
+        cells = rows[("engine", active)]
+        assert _positive(cells["decode tok/s"]) and _positive(cells["step ms"]), cells
+        cells = rows[("transformers generate", active)]
+        assert _positive(cells["decode tok/s"]) and _positive(cells["step ms"]), cells
+    assert re.search(r"weight-bandwidth floor: [\d.]+ ms per step", result.stdout)
