@@ -1,8 +1,10 @@
-"""The benchmark's BLIP-2 OPT checkpoint: fixed sizes, random weights, built locally.
+"""The benchmarks' checkpoints: fixed sizes, random weights, built locally.
 
-``BENCH`` is the size issue 8 fixes (vision 6 x 384, patch 14 at 224 px; Q-Former 4 x 384 with 32
-queries; OPT 8 x 512 with the real 50272-row output layer), whose compute dominates on a CPU;
-``QUICK`` is a small one for smoke tests. The tokenizer is a byte-level BPE with OPT's special
+``BENCH`` is the BLIP-2 OPT size issue 8 fixes (vision 6 x 384, patch 14 at 224 px; Q-Former 4 x 384
+with 32 queries; OPT 8 x 512 with the real 50272-row output layer), whose compute dominates on a
+CPU; ``QUICK`` is a small one for smoke tests. ``OPT_2_7B`` / ``SMALL_LLM`` are language models
+alone, written as an export's ``blip2_llm`` folder (language model, tokenizer, ``llm_settings.json``)
+for the engine benchmark. The tokenizer is a byte-level BPE with OPT's special
 tokens, trained in seconds on synthetic words up to OPT's vocabulary size, so every output row is a
 real token and the processor works end to end. Everything is written with ``save_pretrained``, so
 the code paths are those of a downloaded checkpoint.
@@ -89,18 +91,22 @@ def build_tokenizer(vocab_size: int, seed: int = 0) -> Any:
     )
 
 
-def build_processor(spec: BenchSpec) -> Any:
+def make_processor(image_size: int, num_query_tokens: int, vocab_size: int, seed: int = 0) -> Any:
     """``Blip2Processor`` over the trained tokenizer; it adds ``<image>`` as the real one does."""
     from transformers import Blip2Processor, BlipImageProcessor
 
     processor = Blip2Processor(
-        image_processor=BlipImageProcessor(size={"height": spec.image_size, "width": spec.image_size}),
-        tokenizer=build_tokenizer(spec.vocab_size, spec.seed),
-        num_query_tokens=spec.num_query_tokens,
+        image_processor=BlipImageProcessor(size={"height": image_size, "width": image_size}),
+        tokenizer=build_tokenizer(vocab_size, seed),
+        num_query_tokens=num_query_tokens,
     )
-    if len(processor.tokenizer) != spec.vocab_size:
-        raise RuntimeError(f"tokenizer has {len(processor.tokenizer)} tokens, expected {spec.vocab_size}")
+    if len(processor.tokenizer) != vocab_size:
+        raise RuntimeError(f"tokenizer has {len(processor.tokenizer)} tokens, expected {vocab_size}")
     return processor
+
+
+def build_processor(spec: BenchSpec) -> Any:
+    return make_processor(spec.image_size, spec.num_query_tokens, spec.vocab_size, spec.seed)
 
 
 def blip2_config(spec: BenchSpec, image_token_id: int) -> Any:
@@ -167,3 +173,72 @@ def build_checkpoint(output_dir: str | Path, spec: BenchSpec = BENCH) -> Path:
 def parameter_count(model: Any) -> int:
     """Unique parameters (tied weights once)."""
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+# --------------------------------------------------------------------------------------------------
+# Language model alone, as an export's blip2_llm folder
+
+
+@dataclass(frozen=True)
+class LlmSpec:
+    """An OPT language model for BLIP-2 (``num_query_tokens`` image tokens before the text)."""
+
+    name: str
+    layers: int
+    width: int
+    heads: int
+    ffn: int
+    num_query_tokens: int = 32
+    vocab_size: int = OPT_VOCAB
+    seed: int = 0
+
+    def describe(self) -> str:
+        return (
+            f"OPT {self.layers} layers x {self.width} wide ({self.heads} heads, FFN {self.ffn}), "
+            f"{self.vocab_size}-token vocabulary, {self.num_query_tokens} image tokens"
+        )
+
+
+OPT_2_7B = LlmSpec("opt-2.7b", layers=32, width=2560, heads=32, ffn=10240)  # blip2-opt-2.7b's LLM
+SMALL_LLM = LlmSpec("small", layers=2, width=128, heads=2, ffn=512, vocab_size=2048)
+
+TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def build_llm_folder(folder: str | Path, spec: LlmSpec, dtype: str, device: str) -> Path:
+    """Write what an export writes for ``blip2_llm``: ``language_model/``, ``tokenizer/``,
+    ``llm_settings.json``. Weights are random, initialised on ``device`` (fast on a GPU)."""
+    import torch
+    from transformers import OPTConfig, OPTForCausalLM
+
+    from blip2_triton.runtime.engine import LlmSettings
+
+    folder = Path(folder)
+    tokenizer = make_processor(224, spec.num_query_tokens, spec.vocab_size, spec.seed).tokenizer
+    config = OPTConfig(
+        vocab_size=spec.vocab_size,
+        hidden_size=spec.width,
+        num_hidden_layers=spec.layers,
+        ffn_dim=spec.ffn,
+        num_attention_heads=spec.heads,
+        max_position_embeddings=2048,
+        word_embed_proj_dim=spec.width,
+        pad_token_id=1,
+        bos_token_id=2,
+        eos_token_id=2,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(spec.seed)
+    with torch.device(device):
+        model = OPTForCausalLM(config).to(getattr(torch, TORCH_DTYPES[dtype])).eval()
+    model.save_pretrained(folder / "language_model")
+    del model
+    tokenizer.save_pretrained(folder / "tokenizer")
+    LlmSettings(
+        family="opt",
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        num_query_tokens=spec.num_query_tokens,
+        bos_token_id=config.bos_token_id,
+        dtype=dtype,
+    ).save(folder)
+    return folder

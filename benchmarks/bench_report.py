@@ -6,6 +6,7 @@ import datetime
 import os
 import platform
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,12 +58,10 @@ class Context:
 
     @classmethod
     def now(cls, model: str, generation: str) -> Context:
-        return cls(
-            model, generation, _utc_now(), machine_description(), commit_description(), os.getloadavg()
-        )
+        return cls(model, generation, utc_now(), machine_description(), commit_description(), os.getloadavg())
 
 
-def _utc_now() -> str:
+def utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
@@ -96,13 +95,13 @@ def commit_description() -> str:
 # The table
 
 
-def _num(value: float) -> str:
+def number(value: float) -> str:
     """Three significant figures or more: 1234, 123, 12.3, 1.23, 0.12."""
     return f"{value:.0f}" if value >= 100 else f"{value:.1f}" if value >= 10 else f"{value:.2f}"
 
 
 def _ms(seconds: float | None) -> str:
-    return "-" if seconds is None else _num(seconds * 1000)
+    return "-" if seconds is None else number(seconds * 1000)
 
 
 def _ratio(value: float, reference: float) -> str:
@@ -139,8 +138,8 @@ def table_rows(rows: list[Row]) -> list[tuple[str, ...]]:
             (
                 row.system,
                 conc,
-                _num(row.images_per_s),
-                _num(row.tokens_per_s),
+                number(row.images_per_s),
+                number(row.tokens_per_s),
                 _ms(p50),
                 _ms(row.latency(99)),
                 _ms(row.ttft(50)),
@@ -155,9 +154,14 @@ def table_rows(rows: list[Row]) -> list[tuple[str, ...]]:
 
 
 def markdown_table(rows: list[Row]) -> str:
+    """The benchmark's table."""
+    return markdown(HEADER, table_rows(rows))
+
+
+def markdown(header: Sequence[str], cells: Sequence[Sequence[str]]) -> str:
     """A GitHub Markdown table, padded so that it also reads in a terminal."""
-    body = [HEADER, *table_rows(rows)]
-    widths = [max(len(r[i]) for r in body) for i in range(len(HEADER))]
+    body = [tuple(header), *(tuple(row) for row in cells)]
+    widths = [max(len(r[i]) for r in body) for i in range(len(header))]
 
     def line(cells: tuple[str, ...]) -> str:
         return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"

@@ -30,14 +30,14 @@ def _run(script: str, *args: str, timeout: float) -> subprocess.CompletedProcess
     )
 
 
-def _table(markdown: str) -> dict[tuple[str, str], dict[str, str]]:
-    """The report's table: (system, concurrency) -> {column: cell}."""
+def _table(markdown: str, key: str = "conc.") -> dict[tuple[str, str], dict[str, str]]:
+    """The report's table: (system, ``key`` column) -> {column: cell}."""
     lines = [ln for ln in markdown.splitlines() if ln.startswith("|")]
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     rows = {}
     for line in lines[2:]:
         cells = dict(zip(header, (c.strip() for c in line.strip("|").split("|")), strict=True))
-        rows[(cells["system"], cells["conc."])] = cells
+        rows[(cells["system"], cells[key])] = cells
     return rows
 
 
@@ -92,7 +92,7 @@ def test_gpu_decode_small_on_cpu(tmp_path: Path) -> None:
         pytest.skip("the in-flight engine (blip2_triton/runtime/inflight_engine.py) has not landed yet")
     result = _run("gpu_decode.py", "--small", "--device", "cpu", "--work-dir", str(tmp_path), timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = _table(result.stdout)
+    rows = _table(result.stdout, key="active")
     for active in ("1", "8", "32", "64"):
         cells = rows[("engine", active)]
         assert _positive(cells["decode tok/s"]) and _positive(cells["step ms"]), cells
