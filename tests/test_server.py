@@ -375,6 +375,8 @@ def test_serve_command_prints_endpoints_and_stops_on_signal(tmp_path: Path, sign
         f"--http-port={http_port}",
         f"--metrics-port={metrics_port}",
         f"--log-file={tmp_path / 'serve.log'}",
+        f"--admin-key-file={tmp_path / 'admin-key'}",
+        "--allow-http",
     )
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: queue.Queue = queue.Queue()

@@ -22,6 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from .access import AdminKey
 from .environment import server_environment
 from .errors import ModelLoadError, PortInUseError, ServerProcessError, ServerStartupError
 from .installation import STUB_NAME, prepare_backend_directory, tritonserver_root
@@ -76,9 +77,14 @@ class TritonServer:
     """A ``tritonserver`` child process serving ``model_repository`` (context manager).
 
     ``grpc_url`` and ``http_url`` are ``host:port`` (what tritonclient's ``url=`` takes);
-    ``metrics_url`` is the full Prometheus URL. All models load at startup
-    (``--model-control-mode=none``) and the server is ready only when every model is.
+    ``metrics_url`` is the full Prometheus URL. All models load at startup and the server is ready
+    only when every model is. ``model_control="explicit"`` keeps the model-repository API (load,
+    unload) usable afterwards, which stub recovery and draining need.
     The server gets SIGTERM when the thread that started it exits (``PR_SET_PDEATHSIG``).
+
+    ``host`` is the address every endpoint binds (loopback unless told otherwise); ``allow_http``
+    turns the HTTP endpoint on; ``admin_key`` puts the restricted APIs (``access.RESTRICTED_APIS``)
+    behind a key (None: no restriction).
     """
 
     def __init__(
@@ -93,7 +99,19 @@ class TritonServer:
         extra_args: Sequence[str] = (),
         backend_directory: str | os.PathLike[str] | None = None,
         log_verbose: int = 0,
+        host: str = "127.0.0.1",
+        allow_http: bool = True,
+        admin_key: AdminKey | None = None,
+        model_control: str = "none",
+        exit_timeout_s: int | None = None,
     ) -> None:
+        if model_control not in ("none", "explicit"):
+            raise ValueError(f"model_control must be 'none' or 'explicit', not {model_control!r}")
+        self.host = host
+        self.allow_http = allow_http
+        self.admin_key = admin_key
+        self.model_control = model_control
+        self.exit_timeout_s = exit_timeout_s
         self.model_repository = Path(model_repository).absolute()
         self.grpc_port = grpc_port
         self.http_port = http_port
@@ -109,16 +127,26 @@ class TritonServer:
     # -- endpoints ---------------------------------------------------------------------------------
 
     @property
+    def client_host(self) -> str:
+        """The address a local client uses: loopback when the server binds every interface."""
+        return "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
+
+    @property
     def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+        return f"{self.client_host}:{self.grpc_port}"
 
     @property
     def http_url(self) -> str:
-        return f"127.0.0.1:{self.http_port}"
+        return f"{self.client_host}:{self.http_port}"
 
     @property
     def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+        return f"http://{self.client_host}:{self.metrics_port}/metrics"
+
+    @property
+    def admin_grpc_headers(self) -> dict[str, str] | None:
+        """Headers that open the restricted gRPC protocols (None when nothing is restricted)."""
+        return self.admin_key.grpc_headers if self.admin_key is not None else None
 
     @property
     def pid(self) -> int | None:
@@ -153,24 +181,42 @@ class TritonServer:
     def command(self, backend_directory: str | os.PathLike[str]) -> list[str]:
         """The tritonserver command line."""
         root = tritonserver_root()
+        control = ["--model-control-mode=none"]
+        if self.model_control == "explicit":
+            control = ["--model-control-mode=explicit", "--load-model=*"]
+        access = [f"--allow-http={'true' if self.allow_http else 'false'}"]
+        if self.admin_key is not None:
+            access += self.admin_key.server_args()
+        exit_timeout = [] if self.exit_timeout_s is None else [f"--exit-timeout-secs={self.exit_timeout_s}"]
         return [
             str(root / "bin" / "tritonserver"),
             f"--model-repository={self.model_repository}",
             f"--backend-directory={backend_directory}",
             f"--cache-directory={root / 'caches'}",
+            f"--grpc-address={self.host}",
             f"--grpc-port={self.grpc_port}",
+            f"--http-address={self.host}",
             f"--http-port={self.http_port}",
+            f"--metrics-address={self.host}",
             f"--metrics-port={self.metrics_port}",
-            "--model-control-mode=none",
+            *access,
+            *control,
             "--strict-readiness=true",
             "--exit-on-error=true",
+            *exit_timeout,
             f"--log-verbose={self.log_verbose}",
             *response_cache_args(self.model_repository),
             *self.extra_args,
         ]
 
-    def _check_ports(self) -> None:
+    def _ports(self) -> dict[str, int]:
         ports = {"gRPC": self.grpc_port, "HTTP": self.http_port, "metrics": self.metrics_port}
+        if not self.allow_http:
+            del ports["HTTP"]
+        return ports
+
+    def _check_ports(self) -> None:
+        ports = self._ports()
         seen: dict[int, str] = {}
         for name, port in ports.items():
             if not 0 < port < 65536:
@@ -216,17 +262,18 @@ class TritonServer:
             raise
 
     def _endpoints_ready(self, client: InferenceServerClient) -> bool:
-        """gRPC says ready (every model loaded) and the HTTP and metrics endpoints answer.
+        """gRPC says ready (every model loaded) and the HTTP (when on) and metrics endpoints answer.
 
         tritonserver opens gRPC, then HTTP, then metrics: the last two are checked too, since a
         server whose HTTP or metrics port was taken meanwhile exits after gRPC said ready.
         """
         from tritonclient.utils import InferenceServerException
 
+        urls = [f"http://{self.http_url}/v2/health/ready"] if self.allow_http else []
         try:
             if not client.is_server_ready(client_timeout=1.0):
                 return False
-            for url in (f"http://{self.http_url}/v2/health/ready", self.metrics_url):
+            for url in (*urls, self.metrics_url):
                 with urllib.request.urlopen(url, timeout=1.0) as response:
                     if response.status != 200:
                         return False
@@ -308,7 +355,7 @@ class TritonServer:
 
         client = grpcclient.InferenceServerClient(self.grpc_url)
         try:
-            index = client.get_model_repository_index()
+            index = client.get_model_repository_index(headers=self.admin_grpc_headers)
         finally:
             client.close()
         return sorted({model.name for model in index.models if model.state == "READY"})

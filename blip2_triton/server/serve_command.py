@@ -11,6 +11,7 @@ from types import FrameType
 
 from blip2_triton.command_errors import CommandError
 
+from .access import ADMIN_KEY_ENV, RESTRICTED_APIS, default_key_file, resolve_admin_key
 from .errors import ServerProcessError
 from .process import TritonServer
 
@@ -42,6 +43,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="how long models may take to load (default: %(default)g)",
     )
     parser.add_argument("--log-verbose", type=int, default=0, metavar="N", help="tritonserver --log-verbose")
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        metavar="ADDRESS",
+        help="address every endpoint binds (default: %(default)s; 0.0.0.0 in containers)",
+    )
+    parser.add_argument(
+        "--allow-http", action="store_true", help="also serve HTTP/REST on --http-port (default: gRPC only)"
+    )
+    parser.add_argument(
+        "--admin-key-file",
+        type=Path,
+        metavar="FILE",
+        help=f"where a generated admin key is written when ${ADMIN_KEY_ENV} is unset "
+        "(default: $XDG_RUNTIME_DIR or ~/.cache, /blip2-triton/admin-key.<grpc port>)",
+    )
     parser.set_defaults(func=run, expected_errors=(ServerProcessError,))
     return parser
 
@@ -58,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     repository = args.model_repository
     if not repository.is_dir():
         raise CommandError(f"model repository not found: {repository}")
+    admin_key = resolve_admin_key(args.admin_key_file or default_key_file(args.grpc_port))
     server = TritonServer(
         repository,
         grpc_port=args.grpc_port,
@@ -66,17 +84,23 @@ def run(args: argparse.Namespace) -> int:
         log_file=args.log_file,
         startup_timeout_s=args.startup_timeout,
         log_verbose=args.log_verbose,
+        host=args.host,
+        allow_http=args.allow_http,
+        admin_key=admin_key,
     )
     previous = {sig: signal.signal(sig, _request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         print(f"blip2-triton: starting tritonserver on {repository.absolute()}", file=sys.stderr, flush=True)
         server.start()
         models = server.ready_models()
-        print(f"gRPC     {server.grpc_url}")
-        print(f"HTTP     {server.http_url}")
-        print(f"metrics  {server.metrics_url}")
+        print(f"gRPC     {args.host}:{server.grpc_port}")
+        print(f"HTTP     {f'{args.host}:{server.http_port}' if args.allow_http else 'off (--allow-http)'}")
+        print(
+            f"metrics  http://{args.host}:{server.metrics_port}/metrics (internal: keep it off public networks)"
+        )
         print(f"models   {', '.join(models) if models else '(none)'}")
         print(f"log      {server.log_path}")
+        print(f"admin    {', '.join(RESTRICTED_APIS)} need the admin key ({admin_key.source})")
         print("ready; Ctrl+C stops the server", flush=True)
         while server.is_alive():
             time.sleep(0.5)
