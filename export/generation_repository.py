@@ -20,11 +20,14 @@ LLM_INPUTS = (C.TEXT_INPUT, *C.GENERATION_INPUTS)
 
 
 class GenerationRepository(RepositoryWriter[GenerationCheckpoint]):
-    """``blip2`` (ensemble) = ``blip2_preprocess`` -> ``blip2_vision`` -> ``blip2_llm``."""
+    """``blip2`` and ``blip2_stream`` (BLS fronts) -> ``blip2_vision`` -> ``blip2_llm`` (the engine).
+
+    ``blip2_preprocess`` stays for callers of the steps; the fronts preprocess themselves.
+    """
 
     architecture = "Blip2ForConditionalGeneration"
-    models = (C.PUBLIC_MODEL, C.PREPROCESS_MODEL, C.VISION_MODEL, C.LLM_MODEL)
-    steps = 5
+    models = (C.PUBLIC_MODEL, C.STREAM_MODEL, C.PREPROCESS_MODEL, C.VISION_MODEL, C.LLM_MODEL)
+    steps = 6
 
     def accepts(self, config: Any) -> bool:
         return True  # any other checkpoint: ``load`` says why it is not a generation checkpoint
@@ -47,13 +50,10 @@ class GenerationRepository(RepositoryWriter[GenerationCheckpoint]):
             "vision_instance_kind": options.instance_kind,
             "llm_instance_kind": options.instance_kind,
             "llm_device": options.device,
-            "ensemble_inputs": tensor_block(C.PUBLIC_INPUTS),
-            "ensemble_outputs": tensor_block(C.PUBLIC_OUTPUTS),
+            "public_inputs": tensor_block(C.PUBLIC_INPUTS),
+            "public_outputs": tensor_block(C.PUBLIC_OUTPUTS),
             "llm_inputs": tensor_block(LLM_INPUTS),
             "llm_outputs": tensor_block(C.PUBLIC_OUTPUTS),
-            "llm_input_map": "\n".join(
-                f'      input_map {{ key: "{t.name}" value: "{t.name}" }}' for t in LLM_INPUTS
-            ),
         }
 
     def write(
@@ -72,10 +72,17 @@ class GenerationRepository(RepositoryWriter[GenerationCheckpoint]):
         diff = verify_vision_onnx(checkpoint.model, checkpoint.image_size, onnx_path, options.dtype)
         progress.result(f"      ONNX vs PyTorch max abs difference: {diff:.3g}")
         progress.step("writing blip2_llm (language model weights, tokenizer, generation config)")
-        self._write_llm(checkpoint, folders, options)
-        folders.model(C.PUBLIC_MODEL, python=False)
+        settings = self._llm_settings(checkpoint, options)
+        self._write_llm(checkpoint, folders, settings)
+        progress.step("writing the fronts blip2 and blip2_stream (image processor, tokenizer, limits)")
+        for name in (C.PUBLIC_MODEL, C.STREAM_MODEL):
+            version = folders.model(name, python=True, code_from=C.PUBLIC_MODEL)
+            checkpoint.processor.image_processor.save_pretrained(version / "image_processor")
+            checkpoint.processor.tokenizer.save_pretrained(version / "tokenizer")
+            settings.save(version)
         height, width = checkpoint.image_size
         return {
+            "response_cache_bytes": options.vision_cache_mb * 2**20,
             "onnx_max_abs_diff": diff,
             "shapes": {
                 "pixel_values": [-1, 3, height, width],
@@ -84,15 +91,22 @@ class GenerationRepository(RepositoryWriter[GenerationCheckpoint]):
         }
 
     @staticmethod
-    def _write_llm(checkpoint: GenerationCheckpoint, folders: ModelFolders, options: ExportOptions) -> None:
-        version = folders.model(C.LLM_MODEL, python=True)
-        checkpoint.model.language_model.save_pretrained(version / "language_model")
-        checkpoint.processor.tokenizer.save_pretrained(version / "tokenizer")
+    def _llm_settings(checkpoint: GenerationCheckpoint, options: ExportOptions) -> LlmSettings:
         text_config = checkpoint.model.config.text_config
-        LlmSettings(
+        context = 0 if checkpoint.family == "t5" else getattr(text_config, "max_position_embeddings", 0)
+        return LlmSettings(
             family=checkpoint.family,
             image_token_id=int(checkpoint.model.config.image_token_id),
             num_query_tokens=checkpoint.num_query_tokens,
             bos_token_id=getattr(text_config, "bos_token_id", None),  # T5 configs may have none
             dtype=options.dtype,
-        ).save(version)
+            context_length=int(context or 0),
+            max_sequence_tokens=options.max_sequence_tokens,
+        )
+
+    @staticmethod
+    def _write_llm(checkpoint: GenerationCheckpoint, folders: ModelFolders, settings: LlmSettings) -> None:
+        version = folders.model(C.LLM_MODEL, python=True)
+        checkpoint.model.language_model.save_pretrained(version / "language_model")
+        checkpoint.processor.tokenizer.save_pretrained(version / "tokenizer")
+        settings.save(version)

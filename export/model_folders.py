@@ -36,13 +36,17 @@ class ModelFolders:
     def __init__(self, root: Path, values: Mapping[str, object]) -> None:
         self.root, self.values = root, values
 
-    def model(self, name: str, *, python: bool, template: str = CONFIG_TEMPLATE) -> Path:
-        """Write ``name/config.pbtxt`` and ``name/1/``; with ``python``, its code too. Returns ``name/1``."""
+    def model(
+        self, name: str, *, python: bool, template: str = CONFIG_TEMPLATE, code_from: str | None = None
+    ) -> Path:
+        """Write ``name/config.pbtxt`` and ``name/1/``; with ``python``, its code too (the
+        ``model.py`` of ``code_from`` when two models share one). Returns ``name/1``."""
         write_config(name, self.values, self.root / name, template)
         version = self.root / name / VERSION
         version.mkdir(parents=True)
         if python:
-            (version / "model.py").write_bytes((template_dir() / name / VERSION / "model.py").read_bytes())
+            code = template_dir() / (code_from or name) / VERSION / "model.py"
+            (version / "model.py").write_bytes(code.read_bytes())
             copy_runtime(version)
         return version
 

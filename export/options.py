@@ -36,6 +36,18 @@ class ExportOptions:
         "onnxruntime: Triton's native onnxruntime backend (NGC container)",
     )
     queue_delay_us: int = flag(2000, help="dynamic batching queue delay")
+    max_active_sequences: int = flag(
+        16, help="sequences the LLM engine generates at once (its KV-cache slots); see README: sizing"
+    )
+    max_sequence_tokens: int = flag(
+        1024, help="tokens one slot holds: image tokens + prompt + new tokens (decoder tokens for T5)"
+    )
+    max_queued_requests: int = flag(
+        64, help="requests waiting for a free slot; past it a request is refused at once (UNAVAILABLE)"
+    )
+    vision_cache_mb: int = flag(
+        64, help="Triton response cache for blip2_vision (same image, no second encoding); 0 turns it off"
+    )
     preprocess_instances: int = 2
     force: bool = flag(False, help="allow a dtype/device choice we advise against")
 
@@ -43,6 +55,11 @@ class ExportOptions:
         """Refuse values that cannot work, with the flag to change in the message."""
         if self.max_batch_size < 1:
             raise ExportError("--max-batch-size must be at least 1")
+        for name in ("max_active_sequences", "max_sequence_tokens", "max_queued_requests"):
+            if getattr(self, name) < 1:
+                raise ExportError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.vision_cache_mb < 0:
+            raise ExportError("--vision-cache-mb must be 0 (off) or more")
         if self.dtype not in DTYPES:
             raise ExportError(f"--dtype must be one of {', '.join(DTYPES)}")
         if self.vision_backend not in VISION_BACKENDS:
@@ -58,8 +75,12 @@ class ExportOptions:
         return "KIND_GPU" if self.device.startswith("cuda") else "KIND_CPU"
 
     def template_values(self) -> dict[str, Any]:
-        """Every option by its field name, plus ``instance_kind``."""
-        return {**dataclasses.asdict(self), "instance_kind": self.instance_kind}
+        """Every option by its field name, plus ``instance_kind`` and the vision cache switch."""
+        return {
+            **dataclasses.asdict(self),
+            "instance_kind": self.instance_kind,
+            "vision_response_cache": "true" if self.vision_cache_mb > 0 else "false",
+        }
 
 
 def flag_fields() -> tuple[dataclasses.Field, ...]:

@@ -25,7 +25,7 @@ from blip2_triton.export.manifest import verify_manifest
 from blip2_triton.export.repository import ExportOptions, export_repository
 from blip2_triton.fixtures.tiny_checkpoints import build_tiny_checkpoint
 
-MODELS = {"blip2", "blip2_preprocess", "blip2_vision", "blip2_llm"}
+MODELS = {"blip2", "blip2_stream", "blip2_preprocess", "blip2_vision", "blip2_llm"}
 CLI = [sys.executable, "-m", "blip2_triton.cli"]
 
 
@@ -58,12 +58,27 @@ def test_a_config_outside_the_schema_is_an_export_error():
         parse_config('name: "x" input [ { name: "a" data_type: TYPE_NOPE dims: [1] } ]', source="x")
 
 
+def _vision_ensemble(models, wire: str):
+    """An ensemble over the export's blip2_vision whose step reads ``wire``."""
+    vision = models["blip2_vision"]
+    pixels = ", ".join(str(d) for d in vision.input[0].dims)
+    embeds = ", ".join(str(d) for d in vision.output[0].dims)
+    return parse_config(
+        f"""name: "e" platform: "ensemble" max_batch_size: 8
+        input [ {{ name: "pixel_values" data_type: TYPE_FP32 dims: [ {pixels} ] }} ]
+        output [ {{ name: "query_embeds" data_type: TYPE_FP32 dims: [ {embeds} ] }} ]
+        ensemble_scheduling {{ step [ {{ model_name: "blip2_vision" model_version: -1
+          input_map {{ key: "pixel_values" value: "{wire}" }}
+          output_map {{ key: "query_embeds" value: "query_embeds" }} }} ] }}""",
+        source="e",
+    )
+
+
 def test_an_ensemble_wired_to_a_missing_tensor_is_an_export_error(opt_build):
     models = validate_repository(opt_build["repository"])
-    ensemble = models["blip2"]
-    ensemble.ensemble_scheduling.step[1].input_map["pixel_values"] = "_no_such_wire"
+    check_ensemble(_vision_ensemble(models, "pixel_values"), models)
     with pytest.raises(ExportError, match="is not produced before it"):
-        check_ensemble(ensemble, models)
+        check_ensemble(_vision_ensemble(models, "_no_such_wire"), models)
 
 
 def test_onnx_graph_has_contract_names_and_dynamic_batch(opt_build):

@@ -30,6 +30,8 @@ class LlmSettings:
     num_query_tokens: int
     bos_token_id: int | None
     dtype: str = "fp32"
+    context_length: int = 0  # decoder-only: the model's position table (0: not recorded)
+    max_sequence_tokens: int = 0  # the engine's slot size, an export option (0: not recorded)
 
     @classmethod
     def load(cls, folder: str | Path) -> LlmSettings:

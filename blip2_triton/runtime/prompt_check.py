@@ -30,13 +30,17 @@ class PromptChecker:
     ``context_length``: decoder-only models, image tokens + prompt + ``max_tokens`` at most (0: no
     limit known). Encoder-decoder models: the encoder input (image tokens included) at most
     ``encoder_token_limit(tokenizer)``; the decoder has no fixed limit (``max_tokens`` is capped by
-    the contract).
+    the contract). ``max_sequence_tokens``: what one slot of the in-flight engine holds (decoder
+    tokens: image tokens + prompt + new tokens for OPT, start token + new tokens for T5; 0: none).
     """
 
-    def __init__(self, tokenizer, settings: LlmSettings, *, context_length: int = 0) -> None:
+    def __init__(
+        self, tokenizer, settings: LlmSettings, *, context_length: int = 0, max_sequence_tokens: int = 0
+    ) -> None:
         self.tokenizer = tokenizer
         self.settings = settings
         self.context_length = context_length
+        self.max_sequence_tokens = max_sequence_tokens
         self.encoder_length = encoder_token_limit(tokenizer)
         image_tokens = tokenizer.convert_ids_to_tokens(settings.image_token_id) * settings.num_query_tokens
         self.image_ids = tokenizer(image_tokens, add_special_tokens=False)["input_ids"]
@@ -74,8 +78,19 @@ class PromptChecker:
                     f"prompt is {len(ids)} tokens (image tokens included); the encoder takes at most "
                     f"{self.encoder_length} tokens"
                 )
+            decoder_tokens = 1 + (settings.max_tokens or 0)
+            if self.max_sequence_tokens and decoder_tokens > self.max_sequence_tokens:
+                raise RequestValidationError(
+                    f"max_tokens {settings.max_tokens} exceeds the engine's slot of {self.max_sequence_tokens} "
+                    "decoder tokens (export --max-sequence-tokens)"
+                )
             return ids
         total = len(ids) + (settings.max_tokens or 0)
+        if self.max_sequence_tokens and total > self.max_sequence_tokens:
+            raise RequestValidationError(
+                f"prompt is {len(ids)} tokens (image tokens included); with max_tokens {settings.max_tokens} "
+                f"that exceeds the engine's slot of {self.max_sequence_tokens} tokens (export --max-sequence-tokens)"
+            )
         if self.context_length and total > self.context_length:
             raise RequestValidationError(
                 f"prompt is {len(ids)} tokens (image tokens included); with max_tokens "

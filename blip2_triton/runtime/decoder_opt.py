@@ -1,0 +1,118 @@
+"""One OPT decode step over many sequences at different positions, on the model's own weights.
+
+What ``OPTForCausalLM.forward`` computes for a sequence, with a slot cache instead of
+transformers' cache classes: a prefill writes a new sequence's prompt into its slot and returns
+the logits of its last position; a decode step feeds each active slot its next token at its own
+position (OPT's learned positions, offset 2) and returns one row of logits per slot. Queries are
+scaled before the product, as OPT does, and attention runs in ``scaled_dot_product_attention``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn.functional import scaled_dot_product_attention
+
+from .kv_slots import SlotCache
+
+
+class OptStepper:
+    """Prefill and decode steps of one ``OPTForCausalLM`` over a ``SlotCache``."""
+
+    def __init__(self, model, slots: int, tokens: int) -> None:
+        self.model = model
+        self.decoder = model.model.decoder
+        config = model.config
+        self.heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // self.heads
+        self.layer_norm_before = bool(getattr(config, "do_layer_norm_before", True))
+        self.offset = getattr(self.decoder.embed_positions, "offset", 2)
+        weight = self.decoder.embed_tokens.weight
+        self.cache = SlotCache(
+            len(self.decoder.layers),
+            slots,
+            self.heads,
+            tokens,
+            self.head_dim,
+            dtype=weight.dtype,
+            device=weight.device,
+        )
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings of ``ids`` (before any projection): what BLIP-2 scatters its queries into."""
+        return self.decoder.embed_tokens(ids)
+
+    def _inputs(self, embeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        if self.decoder.project_in is not None:
+            embeds = self.decoder.project_in(embeds)
+        return embeds + self.decoder.embed_positions.weight[positions + self.offset]
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.decoder.final_layer_norm is not None:
+            hidden = self.decoder.final_layer_norm(hidden)
+        if self.decoder.project_out is not None:
+            hidden = self.decoder.project_out(hidden)
+        return self.model.lm_head(hidden).float()
+
+    def _heads(self, states: torch.Tensor) -> torch.Tensor:
+        batch, length, _ = states.shape
+        return states.view(batch, length, self.heads, self.head_dim).transpose(1, 2)
+
+    def _layer(self, index: int, layer, hidden: torch.Tensor, attend) -> torch.Tensor:
+        residual = hidden
+        if self.layer_norm_before:
+            hidden = layer.self_attn_layer_norm(hidden)
+        attention = layer.self_attn
+        query = self._heads(attention.q_proj(hidden) * attention.scaling)
+        keys, values, mask, causal = attend(
+            index, self._heads(attention.k_proj(hidden)), self._heads(attention.v_proj(hidden))
+        )
+        output = scaled_dot_product_attention(
+            query, keys, values, attn_mask=mask, is_causal=causal, scale=1.0
+        )
+        batch, _, length, _ = output.shape
+        hidden = residual + attention.out_proj(output.transpose(1, 2).reshape(batch, length, -1))
+        if not self.layer_norm_before:
+            hidden = layer.self_attn_layer_norm(hidden)
+        shape = hidden.shape
+        flat = hidden.reshape(-1, shape[-1])
+        residual = flat
+        if self.layer_norm_before:
+            flat = layer.final_layer_norm(flat)
+        flat = layer.fc2(layer.activation_fn(layer.fc1(flat)))
+        hidden = (residual + flat).view(shape)
+        if not self.layer_norm_before:
+            hidden = layer.final_layer_norm(hidden)
+        return hidden
+
+    def prefill(self, slot: int, embeds: torch.Tensor) -> torch.Tensor:
+        """Run a new sequence's prompt (``[1, L, D]`` embeddings) into ``slot``; logits ``[1, V]``."""
+        length = embeds.shape[1]
+        hidden = self._inputs(embeds, torch.arange(length, device=embeds.device))
+
+        def attend(index: int, keys: torch.Tensor, values: torch.Tensor):
+            self.cache.write_prefix(index, slot, keys[0], values[0])
+            return keys, values, None, True
+
+        for index, layer in enumerate(self.decoder.layers):
+            hidden = self._layer(index, layer, hidden, attend)
+        self.cache.lengths[slot] = length
+        return self._logits(hidden[:, -1])
+
+    def decode(self, count: int, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed slots ``[0, count)`` their next token (``[count]``); logits ``[count, V]``."""
+        lengths = self.cache.lengths[:count]
+        span = int(lengths.max()) + 1
+        mask = (torch.arange(span, device=tokens.device)[None, :] <= lengths[:, None])[:, None, None, :]
+        hidden = self._inputs(self.embed(tokens)[:, None, :], lengths[:, None])
+
+        def attend(index: int, keys: torch.Tensor, values: torch.Tensor):
+            keys, values = self.cache.append(index, count, keys[:, :, 0], values[:, :, 0], span)
+            return keys, values, mask, False
+
+        for index, layer in enumerate(self.decoder.layers):
+            hidden = self._layer(index, layer, hidden, attend)
+        self.cache.lengths[:count] += 1
+        return self._logits(hidden[:, 0])
+
+    def move(self, source: int, target: int) -> None:
+        self.cache.move(source, target)

@@ -1,0 +1,401 @@
+"""The in-flight (continuous) batching engine of the LLM stage, free of Triton glue.
+
+One engine per model instance. ``submit`` checks a request and queues it; the engine's thread runs
+a loop of steps: it drops cancelled sequences, admits waiting requests into free slots (an OPT
+prefill, or a T5 encoder pass, each a step of its own), then runs ONE decode step over every
+active sequence, each at its own position with its own settings, and answers whatever finished.
+A finished or cancelled sequence frees its slot at once; the next request takes it at the next
+step. Beam search (``beam_width`` > 1) runs on a second worker with transformers' ``generate``,
+one request at a time, so it never holds the decode loop.
+
+Callbacks (``RequestSink``) come from the engine's threads only: ``on_text`` per settled piece of
+text, then exactly one of ``on_finish`` (the whole text, as transformers decodes it),
+``on_error`` or ``on_cancelled``.
+"""
+
+from __future__ import annotations
+
+import collections
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from .engine import GenerationRequest, LlmSettings
+from .engine_factory import ENGINES
+from .errors import EngineOverloadedError, RequestValidationError
+from .prompt_check import PromptChecker, encoder_token_limit
+from .prompt_engine import TORCH_DTYPES, context_length
+
+IDLE_WAIT_S = 0.05
+
+
+class RequestSink(Protocol):
+    """Where one request's results go (called from the engine's threads)."""
+
+    def on_text(self, piece: str) -> None: ...
+    def on_finish(self, text: str) -> None: ...
+    def on_error(self, exc: BaseException) -> None: ...
+    def on_cancelled(self) -> None: ...
+    def is_cancelled(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class EngineLimits:
+    """The engine's bounds (export options): slots, tokens per slot, waiting requests."""
+
+    max_active: int = 16
+    max_sequence_tokens: int = 1024
+    max_queued: int = 64
+
+
+@dataclass
+class _Sequence:
+    """A request in a slot."""
+
+    request: GenerationRequest
+    sink: RequestSink
+    choice: object
+    detokenizer: object
+    history: list[int]
+    next_token: int = -1
+    generated: int = 0
+
+
+@dataclass
+class _Stats:
+    generated_tokens: int = 0
+    finished: int = 0
+    cancelled: int = 0
+    failed: int = 0
+    decode_steps: int = 0
+    decoded_rows: int = 0
+    prefills: int = 0
+    beam_requests: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class InflightEngine:
+    """Continuous batching over preallocated slots; see the module docstring."""
+
+    def __init__(
+        self, model, tokenizer, settings: LlmSettings, limits: EngineLimits, device: str = "cpu"
+    ) -> None:
+        import torch
+
+        from .decoder_opt import OptStepper
+        from .decoder_t5 import T5Stepper
+
+        self._torch = torch
+        self.model = model
+        self.tokenizer = tokenizer
+        self.settings = settings
+        self.limits = limits
+        self.device = device
+        self.encoder_decoder = settings.family == "t5"
+        context = context_length(model.config, settings)
+        self.checker = PromptChecker(
+            tokenizer, settings, context_length=context, max_sequence_tokens=limits.max_sequence_tokens
+        )
+        if self.encoder_decoder:
+            encoder_tokens = encoder_token_limit(tokenizer)
+            self.stepper = T5Stepper(model, limits.max_active, limits.max_sequence_tokens, encoder_tokens)
+        else:
+            if getattr(model.config, "_attn_implementation", "sdpa") not in ("sdpa", "eager"):
+                raise ValueError(f"unsupported attention implementation {model.config._attn_implementation}")
+            self.stepper = OptStepper(model, limits.max_active, limits.max_sequence_tokens)
+        self.hidden = model.get_input_embeddings().embedding_dim
+        self.beam_engine = ENGINES[settings.family](model, tokenizer, settings, device)
+        self._pending: collections.deque = collections.deque()
+        self._beams: queue.Queue = queue.Queue()
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._rows: list[_Sequence] = []
+        self._stats = _Stats()
+        self._accepting = True
+        self._stopping = False
+        self._threads: list[threading.Thread] = []
+
+    @classmethod
+    def from_folder(
+        cls, folder: str | Path, device: str = "cpu", limits: EngineLimits | None = None
+    ) -> InflightEngine:
+        """Load the language model and tokenizer an export wrote into ``folder``."""
+        import torch
+        import transformers
+
+        folder = Path(folder)
+        settings = LlmSettings.load(folder)
+        dtype = getattr(torch, TORCH_DTYPES[settings.dtype])
+        auto_model = (
+            transformers.AutoModelForSeq2SeqLM
+            if settings.family == "t5"
+            else transformers.AutoModelForCausalLM
+        )
+        model = auto_model.from_pretrained(folder / "language_model", dtype=dtype).to(device).eval()
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder / "tokenizer")
+        return cls(model, tokenizer, settings, limits or EngineLimits(), device)
+
+    # -- the outside -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the decode loop and the beam worker."""
+        for target, name in ((self._loop, "blip2-decode-loop"), (self._beam_loop, "blip2-beam-worker")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def submit(self, request: GenerationRequest, sink: RequestSink) -> None:
+        """Check ``request`` and queue it; never blocks. Raises ``RequestValidationError`` for bad
+        input and ``EngineOverloadedError`` when the wait queue is full."""
+        ids = self._check(request)
+        beam = (request.settings.beam_width or 1) > 1
+        with self._wake:
+            if not self._accepting:
+                raise EngineOverloadedError("the LLM stage is shutting down")
+            waiting = len(self._pending) + self._beams.qsize()
+            if waiting >= self.limits.max_queued:
+                raise EngineOverloadedError(
+                    f"{waiting} requests wait for the {self.limits.max_active} generation slots; try again later"
+                )
+            if beam:
+                self._beams.put((request, sink))
+            else:
+                self._pending.append((request, sink, ids))
+                self._wake.notify()
+
+    def stats(self) -> dict:
+        """Figures for metrics: active, queued, generated_tokens, finished, cancelled, decode_steps..."""
+        with self._lock:
+            stats = self._stats
+            return {
+                "active": len(self._rows),
+                "queued": len(self._pending) + self._beams.qsize(),
+                "generated_tokens": stats.generated_tokens,
+                "finished": stats.finished,
+                "cancelled": stats.cancelled,
+                "failed": stats.failed,
+                "decode_steps": stats.decode_steps,
+                "decoded_rows": stats.decoded_rows,
+                "prefills": stats.prefills,
+                "beam_requests": stats.beam_requests,
+            }
+
+    def close(self, drain_timeout_s: float | None = None) -> int:
+        """Stop admitting; let what was accepted finish until ``drain_timeout_s``; cut the rest
+        (``on_error``); stop the threads. Returns how many requests were cut off."""
+        with self._wake:
+            self._accepting = False
+            self._wake.notify_all()
+        deadline = None if drain_timeout_s is None else time.monotonic() + drain_timeout_s
+        while deadline is None or time.monotonic() < deadline:
+            with self._lock:
+                busy = (
+                    len(self._rows)
+                    + len(self._pending)
+                    + self._beams.qsize()
+                    + self._stats.extra.get("beam_busy", 0)
+                )
+            if not busy or not self._threads:
+                break
+            time.sleep(0.05)
+        with self._wake:
+            self._stopping = True
+            cut = list(self._pending)
+            self._pending.clear()
+            self._wake.notify_all()
+        self._beams.put(None)
+        for thread in self._threads:
+            thread.join(timeout=30)
+        cut_rows = self._rows
+        self._rows = []
+        while True:
+            try:
+                item = self._beams.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                cut.append(item)
+        error = EngineOverloadedError("the server is shutting down")
+        for item in cut:
+            item[1].on_error(error)
+        for sequence in cut_rows:
+            sequence.sink.on_error(error)
+        return len(cut) + len(cut_rows)
+
+    # -- checks ------------------------------------------------------------------------------------
+
+    def _check(self, request: GenerationRequest) -> list[int]:
+        expected = (self.settings.num_query_tokens, self.hidden)
+        shape = tuple(np.shape(request.query_embeds))
+        if shape != expected:
+            raise RequestValidationError(f"query_embeds has shape {shape}, expected {expected}")
+        return self.checker.check(request.prompt, request.settings)
+
+    # -- the decode loop ---------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        torch = self._torch
+        with torch.inference_mode():
+            while True:
+                with self._wake:
+                    while not self._stopping and not self._pending and not self._rows:
+                        self._wake.wait(IDLE_WAIT_S)
+                    if self._stopping:
+                        return
+                    admit = []
+                    while self._pending and len(self._rows) + len(admit) < self.limits.max_active:
+                        admit.append(self._pending.popleft())
+                self._drop_cancelled()
+                for request, sink, ids in admit:
+                    self._admit(request, sink, ids)
+                if self._rows:
+                    self._decode_step()
+
+    def _drop_cancelled(self) -> None:
+        for row in reversed(range(len(self._rows))):
+            sequence = self._rows[row]
+            if sequence.sink.is_cancelled():
+                self._remove(row)
+                with self._lock:
+                    self._stats.cancelled += 1
+                sequence.sink.on_cancelled()
+
+    def _remove(self, row: int) -> None:
+        last = len(self._rows) - 1
+        if row != last:
+            self.stepper.move(last, row)
+            self._rows[row] = self._rows[last]
+        self._rows.pop()
+
+    def _new_sequence(self, request: GenerationRequest, sink: RequestSink, start_ids: list[int]) -> _Sequence:
+        from .detokenizer import Detokenizer
+        from .token_choice import TokenChoice
+
+        choice = TokenChoice(self.model, request.settings, len(start_ids), self.device)
+        return _Sequence(request, sink, choice, Detokenizer(self.tokenizer), list(start_ids))
+
+    def _admit(self, request: GenerationRequest, sink: RequestSink, ids: list[int]) -> None:
+        torch = self._torch
+        if sink.is_cancelled():
+            with self._lock:
+                self._stats.cancelled += 1
+            sink.on_cancelled()
+            return
+        try:
+            slot = len(self._rows)
+            input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
+            embeds = self._prompt_embeds(input_ids, request)
+            if self.encoder_decoder:
+                sequence = self._new_sequence(request, sink, [self.stepper.start_token])
+                self.stepper.admit(slot, embeds, torch.ones_like(input_ids))
+                sequence.next_token = self.stepper.start_token
+                self._rows.append(sequence)
+            else:
+                sequence = self._new_sequence(request, sink, ids)
+                logits = self.stepper.prefill(slot, embeds)
+                self._rows.append(sequence)
+                token = sequence.choice.pick(self._history(sequence), logits)
+                self._take(len(self._rows) - 1, token)
+            with self._lock:
+                self._stats.prefills += 1
+        except Exception as exc:  # one request failing must not stop the loop
+            if self._rows and self._rows[-1].sink is sink:
+                self._rows.pop()
+            with self._lock:
+                self._stats.failed += 1
+            sink.on_error(exc)
+
+    def _prompt_embeds(self, input_ids, request: GenerationRequest):
+        """The prompt's token embeddings with the query embeddings in place of the image tokens."""
+        torch = self._torch
+        embeds = self.model.get_input_embeddings()(input_ids)
+        query = torch.as_tensor(np.asarray(request.query_embeds), device=self.device).to(embeds.dtype)
+        mask = (input_ids == self.settings.image_token_id).unsqueeze(-1)
+        return embeds.masked_scatter(mask, query[None])
+
+    def _history(self, sequence: _Sequence):
+        return self._torch.tensor([sequence.history], dtype=self._torch.long, device=self.device)
+
+    def _decode_step(self) -> None:
+        torch = self._torch
+        count = len(self._rows)
+        tokens = torch.tensor([s.next_token for s in self._rows], dtype=torch.long, device=self.device)
+        try:
+            logits = self.stepper.decode(count, tokens)
+        except Exception as exc:  # the batch cannot go on: every active request gets the error
+            rows, self._rows = self._rows, []
+            for sequence in rows:
+                sequence.sink.on_error(exc)
+            return
+        plain = [row for row, s in enumerate(self._rows) if s.choice.plain]
+        chosen: dict[int, int] = {}
+        if plain:
+            picks = torch.argmax(logits[plain], dim=-1).tolist()
+            chosen.update(zip(plain, picks, strict=True))
+        for row, sequence in enumerate(self._rows):
+            if row not in chosen:
+                chosen[row] = sequence.choice.pick(self._history(sequence), logits[row : row + 1])
+        with self._lock:
+            self._stats.decode_steps += 1
+            self._stats.decoded_rows += count
+        for row in reversed(range(count)):
+            self._take(row, chosen[row])
+
+    def _take(self, row: int, token: int) -> None:
+        """Record ``token`` for the sequence in ``row``; answer and free the slot when it is done."""
+        sequence = self._rows[row]
+        sequence.history.append(token)
+        sequence.generated += 1
+        sequence.next_token = token
+        with self._lock:
+            self._stats.generated_tokens += 1
+        piece = sequence.detokenizer.add(token)
+        if piece:
+            sequence.sink.on_text(piece)
+        if sequence.choice.stops(token, sequence.generated):
+            text, last = sequence.detokenizer.finish()
+            self._remove(row)
+            if last:
+                sequence.sink.on_text(last)
+            with self._lock:
+                self._stats.finished += 1
+            sequence.sink.on_finish(text)
+
+    # -- beam search -------------------------------------------------------------------------------
+
+    def _beam_loop(self) -> None:
+        while True:
+            item = self._beams.get()
+            if item is None:
+                return
+            request, sink = item
+            if sink.is_cancelled():
+                with self._lock:
+                    self._stats.cancelled += 1
+                sink.on_cancelled()
+                continue
+            with self._lock:
+                self._stats.extra["beam_busy"] = 1
+                self._stats.beam_requests += 1
+            try:
+                (text,) = self.beam_engine.generate([request])
+            except Exception as exc:
+                text = exc
+            finally:
+                with self._lock:
+                    self._stats.extra["beam_busy"] = 0
+            if isinstance(text, Exception):
+                sink.on_error(text)
+            elif sink.is_cancelled():
+                sink.on_cancelled()
+            else:
+                if text:
+                    sink.on_text(text)
+                with self._lock:
+                    self._stats.finished += 1
+                sink.on_finish(text)
