@@ -84,19 +84,33 @@ class OptStepper:
             hidden = layer.final_layer_norm(hidden)
         return hidden
 
-    def prefill(self, slot: int, embeds: torch.Tensor) -> torch.Tensor:
-        """Run a new sequence's prompt (``[1, L, D]`` embeddings) into ``slot``; logits ``[1, V]``."""
-        length = embeds.shape[1]
-        hidden = self._inputs(embeds, torch.arange(length, device=embeds.device))
+    def prefill(self, first_slot: int, prompts: list[torch.Tensor]) -> torch.Tensor:
+        """Run new sequences' prompts (each ``[L_i, D]`` embeddings) into slots ``first_slot``,
+        ``first_slot + 1``, ... in one pass; logits ``[n, V]`` of each one's last position.
+
+        The prompts are padded on the right: under the causal mask a real position never sees
+        the padding after it, so each sequence computes what it would alone.
+        """
+        lengths = [prompt.shape[0] for prompt in prompts]
+        width = max(lengths)
+        embeds = prompts[0].new_zeros((len(prompts), width, prompts[0].shape[-1]))
+        for row, prompt in enumerate(prompts):
+            embeds[row, : lengths[row]] = prompt
+        hidden = self._inputs(embeds, torch.arange(width, device=embeds.device))
 
         def attend(index: int, keys: torch.Tensor, values: torch.Tensor):
-            self.cache.write_prefix(index, slot, keys[0], values[0])
+            for row, length in enumerate(lengths):
+                self.cache.write_prefix(
+                    index, first_slot + row, keys[row, :, :length], values[row, :, :length]
+                )
             return keys, values, None, True
 
         for index, layer in enumerate(self.decoder.layers):
             hidden = self._layer(index, layer, hidden, attend)
-        self.cache.lengths[slot] = length
-        return self._logits(hidden[:, -1])
+        for row, length in enumerate(lengths):
+            self.cache.lengths[first_slot + row] = length
+        last = torch.tensor([length - 1 for length in lengths], device=embeds.device)
+        return self._logits(hidden[torch.arange(len(prompts), device=embeds.device), last])
 
     def decode(self, count: int, tokens: torch.Tensor) -> torch.Tensor:
         """Feed slots ``[0, count)`` their next token (``[count]``); logits ``[count, V]``."""

@@ -251,8 +251,8 @@ class InflightEngine:
                     while self._pending and len(self._rows) + len(admit) < self.limits.max_active:
                         admit.append(self._pending.popleft())
                 self._drop_cancelled()
-                for request, sink, ids in admit:
-                    self._admit(request, sink, ids)
+                if admit:
+                    self._admit(admit)
                 if self._rows:
                     self._decode_step()
 
@@ -279,36 +279,49 @@ class InflightEngine:
         choice = TokenChoice(self.model, request.settings, len(start_ids), self.device)
         return _Sequence(request, sink, choice, Detokenizer(self.tokenizer), list(start_ids))
 
-    def _admit(self, request: GenerationRequest, sink: RequestSink, ids: list[int]) -> None:
+    def _admit(self, admitted: list) -> None:
+        """Put waiting requests into free slots: one OPT prefill pass for all of them, or a T5
+        encoder pass each. A request that fails alone gets its error; the others go on."""
         torch = self._torch
-        if sink.is_cancelled():
-            with self._lock:
-                self._stats.cancelled += 1
-            sink.on_cancelled()
-            return
-        try:
-            slot = len(self._rows)
-            input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
-            embeds = self._prompt_embeds(input_ids, request)
-            if self.encoder_decoder:
-                sequence = self._new_sequence(request, sink, [self.stepper.start_token])
-                self.stepper.admit(slot, embeds, torch.ones_like(input_ids))
-                sequence.next_token = self.stepper.start_token
-                self._rows.append(sequence)
-            else:
-                sequence = self._new_sequence(request, sink, ids)
-                logits = self.stepper.prefill(slot, embeds)
-                self._rows.append(sequence)
-                token = sequence.choice.pick(self._history(sequence), logits)
-                self._take(len(self._rows) - 1, token)
-            with self._lock:
-                self._stats.prefills += 1
-        except Exception as exc:  # one request failing must not stop the loop
-            if self._rows and self._rows[-1].sink is sink:
-                self._rows.pop()
-            with self._lock:
-                self._stats.failed += 1
-            sink.on_error(exc)
+        joining = []
+        for request, sink, ids in admitted:
+            if sink.is_cancelled():
+                with self._lock:
+                    self._stats.cancelled += 1
+                sink.on_cancelled()
+                continue
+            try:
+                input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
+                embeds = self._prompt_embeds(input_ids, request)
+                start = [self.stepper.start_token] if self.encoder_decoder else ids
+                sequence = self._new_sequence(request, sink, start)
+                if self.encoder_decoder:
+                    self.stepper.admit(len(self._rows), embeds, torch.ones_like(input_ids))
+                    sequence.next_token = self.stepper.start_token
+                    self._rows.append(sequence)
+                else:
+                    joining.append((sequence, embeds[0]))
+            except Exception as exc:  # one request failing must not stop the loop
+                self._fail(sink, exc)
+        if joining:
+            first = len(self._rows)
+            try:
+                logits = self.stepper.prefill(first, [embeds for _, embeds in joining])
+            except Exception as exc:
+                for sequence, _ in joining:
+                    self._fail(sequence.sink, exc)
+                return
+            self._rows.extend(sequence for sequence, _ in joining)
+            tokens = self._choose(logits, first)
+            for row in reversed(range(first, len(self._rows))):
+                self._take(row, tokens[row])
+        with self._lock:
+            self._stats.prefills += len(admitted)
+
+    def _fail(self, sink: RequestSink, exc: BaseException) -> None:
+        with self._lock:
+            self._stats.failed += 1
+        sink.on_error(exc)
 
     def _prompt_embeds(self, input_ids, request: GenerationRequest):
         """The prompt's token embeddings with the query embeddings in place of the image tokens."""
@@ -332,19 +345,38 @@ class InflightEngine:
             for sequence in rows:
                 sequence.sink.on_error(exc)
             return
-        plain = [row for row, s in enumerate(self._rows) if s.choice.plain]
-        chosen: dict[int, int] = {}
-        if plain:
-            picks = torch.argmax(logits[plain], dim=-1).tolist()
-            chosen.update(zip(plain, picks, strict=True))
-        for row, sequence in enumerate(self._rows):
-            if row not in chosen:
-                chosen[row] = sequence.choice.pick(self._history(sequence), logits[row : row + 1])
+        chosen = self._choose(logits, 0)
         with self._lock:
             self._stats.decode_steps += 1
             self._stats.decoded_rows += count
         for row in reversed(range(count)):
             self._take(row, chosen[row])
+
+    def _choose(self, logits, first: int) -> dict[int, int]:
+        """Each row's next token (rows ``first`` + i of ``logits``' row i): greedy rows whose only
+        processing is a minimum length take one batched argmax, the rest their own processors."""
+        torch = self._torch
+        fast = [i for i in range(logits.shape[0]) if self._rows[first + i].choice.batchable]
+        chosen: dict[int, int] = {}
+        if fast:
+            scores = logits[fast]
+            blocked = [
+                k
+                for k, i in enumerate(fast)
+                if self._rows[first + i].choice.blocks_eos(self._rows[first + i].generated)
+            ]
+            if blocked:
+                scores = scores.clone()
+                for k in blocked:
+                    scores[k, self._rows[first + fast[k]].choice.eos_index] = -float("inf")
+            picks = torch.argmax(scores, dim=-1).tolist()
+            chosen.update({first + i: token for i, token in zip(fast, picks, strict=True)})
+        for i in range(logits.shape[0]):
+            row = first + i
+            if row not in chosen:
+                sequence = self._rows[row]
+                chosen[row] = sequence.choice.pick(self._history(sequence), logits[i : i + 1])
+        return chosen
 
     def _take(self, row: int, token: int) -> None:
         """Record ``token`` for the sequence in ``row``; answer and free the slot when it is done."""

@@ -45,7 +45,32 @@ class TokenChoice:
             if seed is None:
                 seed = int.from_bytes(os.urandom(8), "little") >> 1
             self.generator = torch.Generator(device=device).manual_seed(int(seed) % 2**63)
-        self.plain = not self.sampling and len(self.processors) == 0
+        self.eos_index = sorted(self.eos_ids)
+        self.batchable, self.eos_blocked_below = self._minimum_length_only(start_length)
+
+    def _minimum_length_only(self, start_length: int) -> tuple[bool, int]:
+        """Greedy with no processing but a minimum length: batchable (one argmax over the batch,
+        the stop tokens masked below that length, exactly as the processors mask them)."""
+        from transformers.generation.logits_process import (
+            MinLengthLogitsProcessor,
+            MinNewTokensLengthLogitsProcessor,
+        )
+
+        if self.sampling:
+            return False, 0
+        below = 0
+        for processor in self.processors:
+            if isinstance(processor, MinNewTokensLengthLogitsProcessor):
+                below = max(below, int(processor.min_new_tokens))
+            elif isinstance(processor, MinLengthLogitsProcessor):
+                below = max(below, int(processor.min_length) - start_length)
+            else:
+                return False, 0
+        return True, below
+
+    def blocks_eos(self, generated: int) -> bool:
+        """Whether the stop tokens are masked for the token after ``generated`` new ones."""
+        return generated < self.eos_blocked_below and bool(self.eos_index)
 
     def pick(self, history: torch.Tensor, logits: torch.Tensor) -> int:
         """The next token from ``logits`` [1, V] (float32) given the ids so far ``history`` [1, L]."""
