@@ -57,19 +57,30 @@ def _say(message: str) -> None:
 # Export
 
 
-def export_options(max_batch_size: int, overrides: dict[str, str]):
-    """``ExportOptions`` with ``max_batch_size`` and ``overrides`` (field name -> text, typed by the field)."""
+def export_options(concurrency: int, overrides: dict[str, str]):
+    """``ExportOptions`` for a fair comparison at ``concurrency``, then ``overrides`` (field -> text).
+
+    Batches and generation slots hold ``concurrency`` requests, as B's batch holds every image; the
+    vision cache is off, since the images repeat and A and B encode every one of them (pass
+    ``vision_cache_mb=64`` to see what the cache saves).
+    """
     from blip2_triton.export.repository import ExportOptions
 
     defaults = ExportOptions()
-    values: dict[str, object] = {"max_batch_size": max_batch_size}
+    values: dict[str, object] = {
+        "max_batch_size": concurrency,
+        "max_active_sequences": concurrency,
+        "vision_cache_mb": 0,
+    }
     known = {f.name for f in dataclasses.fields(ExportOptions)}
     for name, text in overrides.items():
         if name not in known:
             raise BenchmarkError(f"unknown export option {name!r}; known: {', '.join(sorted(known))}")
         kind = type(getattr(defaults, name))
         values[name] = text.lower() in ("1", "true", "yes") if kind is bool else kind(text)
-    return dataclasses.replace(defaults, **values)
+    options = dataclasses.replace(defaults, **values)
+    options.check()
+    return options
 
 
 def export(checkpoint: Path, output: Path, options, log: Path) -> Path:
