@@ -1,0 +1,236 @@
+"""The in-flight engine in process, against transformers: joins, settings, streams, cancels, bounds.
+
+Tiny OPT and Flan-T5-style checkpoints are exported, the engine is loaded from the export's
+``blip2_llm`` folder, and every text is compared with ``Blip2ForConditionalGeneration.generate``
+on the same query embeddings (computed by the checkpoint's own vision model and Q-Former).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import Blip2ForConditionalGeneration, Blip2Processor
+
+from blip2_triton.export.options import ExportOptions
+from blip2_triton.export.repository import export_repository
+from blip2_triton.fixtures.tiny_checkpoints import build_tiny_checkpoint
+from blip2_triton.runtime.engine import GenerationRequest
+from blip2_triton.runtime.errors import EngineOverloadedError, RequestValidationError
+from blip2_triton.runtime.generation import generate_kwargs, parse_settings
+from blip2_triton.runtime.inflight_engine import EngineLimits, InflightEngine
+
+CASES = [
+    (None, {"max_tokens": 40, "min_tokens": 30}),
+    ("a photo of", {"max_tokens": 50}),
+    (None, {}),
+    ("a photo of", {"max_tokens": 20}),
+    ("Question: what is it? Answer:", {"repetition_penalty": 1.5}),
+    (None, {"no_repeat_ngram_size": 2, "max_tokens": 25}),
+    (None, {"min_tokens": 12, "max_tokens": 14}),
+    (None, {"temperature": 0.7, "top_p": 0.9, "random_seed": 7}),
+    (None, {"temperature": 1.0, "top_k": 5, "random_seed": 11, "max_tokens": 15}),
+    ("a photo of", {"beam_width": 3}),
+    ("Question: what colour? Answer:", {"max_tokens": 30, "min_tokens": 30}),
+]
+
+
+class Sink:
+    """Records what the engine reports for one request."""
+
+    def __init__(self, cancel_after: int | None = None) -> None:
+        self.pieces: list[str] = []
+        self.text: str | None = None
+        self.error: BaseException | None = None
+        self.cancelled = False
+        self.done = threading.Event()
+        self.cancel_after = cancel_after
+
+    def on_text(self, piece: str) -> None:
+        self.pieces.append(piece)
+
+    def on_finish(self, text: str) -> None:
+        self.text = text
+        self.done.set()
+
+    def on_error(self, exc: BaseException) -> None:
+        self.error = exc
+        self.done.set()
+
+    def on_cancelled(self) -> None:
+        self.cancelled = True
+        self.done.set()
+
+    def is_cancelled(self) -> bool:
+        return self.cancel_after is not None and len(self.pieces) >= self.cancel_after
+
+
+class Reference:
+    """Query embeddings and transformers' texts for a checkpoint."""
+
+    def __init__(self, checkpoint: Path) -> None:
+        self.model = Blip2ForConditionalGeneration.from_pretrained(checkpoint).eval()
+        self.processor = Blip2Processor.from_pretrained(checkpoint)
+
+    def query_embeds(self, image: Image.Image) -> np.ndarray:
+        pixels = self.processor(images=image, return_tensors="pt")["pixel_values"]
+        with torch.inference_mode():
+            vision = self.model.vision_model(pixel_values=pixels).last_hidden_state
+            queries = self.model.query_tokens.expand(1, -1, -1)
+            output = self.model.qformer(query_embeds=queries, encoder_hidden_states=vision).last_hidden_state
+            return self.model.language_projection(output)[0].numpy()
+
+    def text(self, image: Image.Image, prompt: str | None, generation: dict) -> str:
+        settings = parse_settings(generation)
+        inputs = self.processor(images=image, text=prompt, return_tensors="pt")
+        if settings.sampling and settings.random_seed is not None:
+            torch.manual_seed(settings.random_seed)
+        with torch.inference_mode():
+            sequences = self.model.generate(**inputs, **generate_kwargs(settings))
+        if self.model.config.use_decoder_only_language_model:
+            start = (
+                inputs["input_ids"].shape[1]
+                if "input_ids" in inputs
+                else self.model.config.num_query_tokens + 1
+            )
+            sequences = sequences[:, start:]
+        return self.processor.tokenizer.decode(sequences[0], skip_special_tokens=True).strip()
+
+
+def _images(count: int) -> list[Image.Image]:
+    return [
+        Image.fromarray(np.random.RandomState(seed).randint(0, 255, (64, 64, 3), dtype=np.uint8))
+        for seed in range(count)
+    ]
+
+
+@pytest.fixture(scope="module", params=["opt", "t5"])
+def family_build(request, tmp_path_factory):
+    base = tmp_path_factory.mktemp(f"engine_{request.param}")
+    checkpoint = build_tiny_checkpoint(base / "checkpoint", request.param, image_size=64)
+    export_repository(str(checkpoint), base / "repository", ExportOptions(), quiet=True)
+    return request.param, base / "repository" / "blip2_llm" / "1", Reference(checkpoint)
+
+
+def _engine(folder: Path, **limits) -> InflightEngine:
+    engine = InflightEngine.from_folder(
+        folder, limits=EngineLimits(**{"max_active": 4, "max_queued": 64, **limits})
+    )
+    engine.start()
+    return engine
+
+
+def test_joining_requests_with_mixed_settings_equal_transformers(family_build):
+    """Eleven requests with different settings join a 4-slot batch while others run: every text
+    equals transformers' for that request alone, and the pieces join to it."""
+    family, folder, reference = family_build
+    images = _images(len(CASES))
+    embeds = [reference.query_embeds(image) for image in images]
+    expected = [
+        reference.text(image, prompt, gen) for image, (prompt, gen) in zip(images, CASES, strict=True)
+    ]
+    engine = _engine(folder)
+    try:
+        sinks = []
+        for query, (prompt, gen) in zip(embeds, CASES, strict=True):
+            sinks.append(Sink())
+            engine.submit(GenerationRequest(query, prompt or "", parse_settings(gen)), sinks[-1])
+            time.sleep(0.01)
+        for sink in sinks:
+            assert sink.done.wait(120)
+        stats = engine.stats()
+    finally:
+        engine.close(drain_timeout_s=5)
+    for sink, want, case in zip(sinks, expected, CASES, strict=True):
+        assert sink.error is None, (case, sink.error)
+        assert sink.text == want, (family, case)
+        assert "".join(sink.pieces) == sink.text
+    assert stats["decoded_rows"] > stats["decode_steps"], "the requests never shared a decode step"
+    assert len({sink.text for sink in sinks}) > 3
+
+
+def test_a_seeded_request_gives_the_same_text_alone_and_under_load(family_build):
+    _, folder, reference = family_build
+    image = _images(1)[0]
+    query = reference.query_embeds(image)
+    seeded = parse_settings({"temperature": 1.0, "top_k": 20, "random_seed": 1234, "max_tokens": 12})
+    engine = _engine(folder)
+    try:
+        alone = Sink()
+        engine.submit(GenerationRequest(query, "", seeded), alone)
+        assert alone.done.wait(60)
+        crowd = [Sink() for _ in range(6)]
+        for index, sink in enumerate(crowd):
+            settings = seeded if index == 3 else parse_settings({"max_tokens": 20 + index})
+            engine.submit(GenerationRequest(query, "", settings), sink)
+        for sink in crowd:
+            assert sink.done.wait(60)
+    finally:
+        engine.close(drain_timeout_s=5)
+    assert alone.text == crowd[3].text
+
+
+def test_a_cancelled_request_frees_its_slot_within_a_step(family_build):
+    """One slot: a long request cancelled after 3 pieces leaves; the next one runs at once."""
+    _, folder, reference = family_build
+    query = reference.query_embeds(_images(1)[0])
+    engine = _engine(folder, max_active=1)
+    try:
+        long = Sink(cancel_after=3)
+        engine.submit(
+            GenerationRequest(query, "", parse_settings({"max_tokens": 200, "min_tokens": 200})), long
+        )
+        short = Sink()
+        engine.submit(GenerationRequest(query, "", parse_settings({"max_tokens": 3})), short)
+        assert long.done.wait(60) and short.done.wait(60)
+        stats = engine.stats()
+    finally:
+        engine.close(drain_timeout_s=5)
+    assert long.cancelled and long.text is None
+    assert short.text is not None
+    assert stats["cancelled"] == 1
+    assert stats["generated_tokens"] < 50  # the cancelled one stopped; it did not run 200 tokens
+
+
+def test_a_full_queue_refuses_at_once_and_bad_input_is_refused_at_submit(family_build):
+    _, folder, reference = family_build
+    query = reference.query_embeds(_images(1)[0])
+    engine = _engine(folder, max_active=1, max_queued=1, max_sequence_tokens=100)
+    long = parse_settings({"max_tokens": 80, "min_tokens": 80})
+    try:
+        first, second = Sink(cancel_after=10**6), Sink()
+        engine.submit(GenerationRequest(query, "", long), first)
+        time.sleep(0.2)
+        engine.submit(GenerationRequest(query, "", long), second)
+        started = time.monotonic()
+        with pytest.raises(EngineOverloadedError, match="server overloaded"):
+            engine.submit(GenerationRequest(query, "", long), Sink())
+        assert time.monotonic() - started < 1.0
+        with pytest.raises(RequestValidationError, match="query_embeds has shape"):
+            engine.submit(GenerationRequest(query[:-1], "", long), Sink())
+        with pytest.raises(RequestValidationError, match="exceeds the engine's slot"):
+            engine.submit(GenerationRequest(query, "", parse_settings({"max_tokens": 512})), Sink())
+    finally:
+        cut = engine.close(drain_timeout_s=30)
+    assert first.text is not None and second.text is not None  # close() drained what was accepted
+    assert cut == 0
+
+
+def test_close_cuts_off_what_does_not_finish_in_time(family_build):
+    _, folder, reference = family_build
+    query = reference.query_embeds(_images(1)[0])
+    engine = _engine(folder, max_active=1)
+    sinks = [Sink() for _ in range(3)]
+    for sink in sinks:
+        engine.submit(
+            GenerationRequest(query, "", parse_settings({"max_tokens": 200, "min_tokens": 200})), sink
+        )
+    cut = engine.close(drain_timeout_s=0.0)
+    assert cut >= 2
+    assert all(sink.done.is_set() for sink in sinks)
+    assert sum(isinstance(sink.error, EngineOverloadedError) for sink in sinks) == cut
