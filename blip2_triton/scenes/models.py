@@ -15,9 +15,9 @@ from dataclasses import dataclass
 class SceneModelSpec:
     """Sizes of the scene models (small enough to train on two CPU cores in minutes)."""
 
-    image_size: int = 64
-    patch_size: int = 8
-    vision_hidden: int = 96
+    image_size: int = 72
+    patch_size: int = 24  # one patch per cell of the scene's 3x3 grid
+    vision_hidden: int = 128
     vision_layers: int = 3
     qformer_hidden: int = 96
     qformer_layers: int = 2
@@ -96,8 +96,35 @@ def new_captioner(tokenizer, spec: SceneModelSpec):
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
     )
     model = Blip2ForConditionalGeneration(config)
+    _spread_query_tokens(model)
+    _visible_positions(model)
     model.generation_config.max_new_tokens = 30
     return model
+
+
+def _visible_positions(model, std: float = 0.5) -> None:
+    """Position embeddings of the size of the patch embeddings.
+
+    transformers draws them with std 0.02, some fifty times smaller than a 24-pixel patch's
+    embedding: the ViT then learns where things are very slowly ("where is the star?" stayed at
+    chance for thousands of steps).
+    """
+    import torch
+
+    with torch.no_grad():
+        model.vision_model.embeddings.position_embedding.normal_(0.0, std)
+
+
+def _spread_query_tokens(model) -> None:
+    """Draw the query tokens at random, as BLIP-2 (LAVIS) does.
+
+    transformers initialises them to zeros: identical queries then attend alike and carry one
+    image summary between them until training slowly tells them apart.
+    """
+    import torch
+
+    with torch.no_grad():
+        model.query_tokens.normal_(0.0, model.config.qformer_config.initializer_range)
 
 
 def new_retriever(tokenizer, spec: SceneModelSpec):
@@ -117,4 +144,6 @@ def new_retriever(tokenizer, spec: SceneModelSpec):
         image_text_hidden_size=spec.embed_dim,
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
     )
-    return Blip2ForImageTextRetrieval(config)
+    model = Blip2ForImageTextRetrieval(config)
+    _spread_query_tokens(model)
+    return model

@@ -13,7 +13,7 @@ class TrainConfig:
 
     seed: int = 0
     train_scenes: int = 30_000
-    caption_steps: int = 3000
+    caption_steps: int = 5000
     batch_size: int = 64
     questions_per_image: int = 2
     learning_rate: float = 2e-3
