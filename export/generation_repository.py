@@ -14,6 +14,7 @@ from .onnx_export import OPSET
 from .onnx_vision import export_vision_onnx, verify_vision_onnx
 from .options import ExportOptions
 from .progress import Progress
+from .quantize import quantize_vision
 from .repository_writer import RepositoryWriter
 
 LLM_INPUTS = (C.TEXT_INPUT, *C.GENERATION_INPUTS)
@@ -71,6 +72,13 @@ class GenerationRepository(RepositoryWriter[GenerationCheckpoint]):
         progress.step("checking the ONNX graph against PyTorch on fresh random inputs")
         diff = verify_vision_onnx(checkpoint.model, checkpoint.image_size, onnx_path, options.dtype)
         progress.result(f"      ONNX vs PyTorch max abs difference: {diff:.3g}")
+        quantized = None
+        if options.quantize == "int8":
+            quantized = quantize_vision(checkpoint.model, checkpoint.image_size, onnx_path)
+            progress.result(
+                f"      int8 vision graph: {quantized['int8_bytes']:,} bytes (float32 "
+                f"{quantized['float_bytes']:,}), max abs difference {quantized['onnx_int8_max_abs_diff']:.3g}"
+            )
         progress.step("writing blip2_llm (language model weights, tokenizer, generation config)")
         settings = self._llm_settings(checkpoint, options)
         self._write_llm(checkpoint, folders, settings)
@@ -84,6 +92,7 @@ class GenerationRepository(RepositoryWriter[GenerationCheckpoint]):
         return {
             "response_cache_bytes": options.vision_cache_mb * 2**20,
             "onnx_max_abs_diff": diff,
+            "quantize": {"method": options.quantize, **(quantized or {})},
             "shapes": {
                 "pixel_values": [-1, 3, height, width],
                 "query_embeds": [-1, checkpoint.num_query_tokens, checkpoint.llm_hidden],
@@ -100,6 +109,7 @@ class GenerationRepository(RepositoryWriter[GenerationCheckpoint]):
             num_query_tokens=checkpoint.num_query_tokens,
             bos_token_id=getattr(text_config, "bos_token_id", None),  # T5 configs may have none
             dtype=options.dtype,
+            quantize=options.quantize,
             context_length=int(context or 0),
             max_sequence_tokens=options.max_sequence_tokens,
         )

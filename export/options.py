@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ExportError
+from .quantize import QUANTIZE_METHODS, check_quantize
 
 DTYPES = ("fp32", "fp16", "bf16")
 VISION_BACKENDS = ("python", "onnxruntime")
@@ -48,6 +49,12 @@ class ExportOptions:
     vision_cache_mb: int = flag(
         64, help="Triton response cache for blip2_vision (same image, no second encoding); 0 turns it off"
     )
+    quantize: str = flag(
+        "none",
+        choices=QUANTIZE_METHODS,
+        help="int8: the LLM's linear layers (torch dynamic quantization) and the vision graph "
+        "(onnxruntime's quantizer) in int8; fp32 on CPU only",
+    )
     preprocess_instances: int = 2
     force: bool = flag(False, help="allow a dtype/device choice we advise against")
 
@@ -64,6 +71,7 @@ class ExportOptions:
             raise ExportError(f"--dtype must be one of {', '.join(DTYPES)}")
         if self.vision_backend not in VISION_BACKENDS:
             raise ExportError(f"--vision-backend must be one of {', '.join(VISION_BACKENDS)}")
+        check_quantize(self.quantize, self.dtype, self.device)
         if self.dtype == "fp16" and self.device == "cpu" and not self.force:
             raise ExportError(
                 "--dtype fp16 needs a GPU (--device cuda); on CPU use fp32 or bf16, or pass --force"

@@ -55,6 +55,8 @@ class RetrievalRepository(RepositoryWriter[RetrievalCheckpoint]):
 
     def check(self, config: Any, options: ExportOptions) -> None:
         super().check(config, options)
+        if options.quantize != "none":
+            raise ExportError(f"--quantize is not supported for {RETRIEVAL_ARCHITECTURE} checkpoints yet")
         if options.dtype != "fp32":
             raise ExportError(
                 f"--dtype {options.dtype} is not supported for {RETRIEVAL_ARCHITECTURE} checkpoints yet; use fp32"

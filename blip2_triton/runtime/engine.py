@@ -30,6 +30,7 @@ class LlmSettings:
     num_query_tokens: int
     bos_token_id: int | None
     dtype: str = "fp32"
+    quantize: str = "none"  # "int8": linear layers quantized at load (runtime/quantization.py)
     context_length: int = 0  # decoder-only: the model's position table (0: not recorded)
     max_sequence_tokens: int = 0  # the engine's slot size, an export option (0: not recorded)
 

@@ -30,6 +30,7 @@ from .engine_factory import ENGINES
 from .errors import EngineOverloadedError, RequestValidationError
 from .prompt_check import PromptChecker, encoder_token_limit
 from .prompt_engine import TORCH_DTYPES, context_length
+from .quantization import quantize_language_model
 
 IDLE_WAIT_S = 0.05
 
@@ -137,6 +138,7 @@ class InflightEngine:
             else transformers.AutoModelForCausalLM
         )
         model = auto_model.from_pretrained(folder / "language_model", dtype=dtype).to(device).eval()
+        model = quantize_language_model(model, settings.quantize)
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder / "tokenizer")
         return cls(model, tokenizer, settings, limits or EngineLimits(), device)
 

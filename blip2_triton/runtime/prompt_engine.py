@@ -13,6 +13,7 @@ from .engine import GenerationEngine, GenerationRequest, LlmSettings
 from .errors import RequestValidationError
 from .generation import batch_key, runs_alone
 from .prompt_check import PromptChecker
+from .quantization import quantize_language_model
 
 TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
@@ -54,6 +55,7 @@ class PromptEngine(GenerationEngine):
         dtype = getattr(torch, TORCH_DTYPES[settings.dtype])
         auto_model = getattr(transformers, cls.auto_model_class)
         model = auto_model.from_pretrained(folder / "language_model", dtype=dtype).to(device).eval()
+        model = quantize_language_model(model, settings.quantize)
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder / "tokenizer")
         return cls(model, tokenizer, settings, device)
 
