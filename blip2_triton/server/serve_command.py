@@ -12,8 +12,19 @@ from types import FrameType
 from blip2_triton.command_errors import CommandError
 
 from .access import ADMIN_KEY_ENV, RESTRICTED_APIS, default_key_file, resolve_admin_key
+from .drain import drain
 from .errors import ServerProcessError
+from .log_parsing import inflight_at_stop, one_line
 from .process import TritonServer
+from .stub_watchdog import StubWatchdog
+
+# The longest generation the contract allows is 512 new tokens with 8 beams, in a full batch behind
+# a full queue; on a GPU with a 7B model that takes about a minute, on a CPU several. The default
+# drain timeout leaves room for that; Kubernetes' terminationGracePeriodSeconds and compose's
+# stop_grace_period are this plus the stop margin below.
+DEFAULT_DRAIN_TIMEOUT_S = 300.0
+# tritonserver's own --exit-timeout-secs, once drained: only stub shutdown is left.
+_EXIT_TIMEOUT_S = 20
 
 
 class _StopRequested(Exception):
@@ -59,22 +70,42 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help=f"where a generated admin key is written when ${ADMIN_KEY_ENV} is unset "
         "(default: $XDG_RUNTIME_DIR or ~/.cache, /blip2-triton/admin-key.<grpc port>)",
     )
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=DEFAULT_DRAIN_TIMEOUT_S,
+        metavar="SECONDS",
+        help="on SIGTERM/SIGINT, how long accepted requests may take to finish before they are cut off "
+        "(default: %(default)g)",
+    )
+    parser.add_argument(
+        "--on-stub-death",
+        choices=("reload", "exit"),
+        default="reload",
+        help="when a Python backend stub dies: reload its model (default), or exit non-zero at once",
+    )
     parser.set_defaults(func=run, expected_errors=(ServerProcessError,))
     return parser
 
 
 def _request_stop(signum: int, frame: FrameType | None) -> None:
-    # Ignore further signals so that the clean-up below runs to the end.
+    # Ignore further signals: only --drain-timeout may cut accepted work off.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise _StopRequested(signal.Signals(signum).name)
 
 
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
-    """Serve until SIGINT/SIGTERM (exit 0) or until the server dies (CommandError)."""
+    """Serve until SIGINT/SIGTERM (drain, then exit 0) or until the server cannot serve (CommandError)."""
     repository = args.model_repository
     if not repository.is_dir():
         raise CommandError(f"model repository not found: {repository}")
+    if args.drain_timeout <= 0:
+        raise CommandError("--drain-timeout must be positive")
     admin_key = resolve_admin_key(args.admin_key_file or default_key_file(args.grpc_port))
     server = TritonServer(
         repository,
@@ -87,11 +118,20 @@ def run(args: argparse.Namespace) -> int:
         host=args.host,
         allow_http=args.allow_http,
         admin_key=admin_key,
+        model_control="explicit",
+        exit_timeout_s=_EXIT_TIMEOUT_S,
+    )
+    watchdog = StubWatchdog(
+        server,
+        reload_timeout_s=args.startup_timeout,
+        max_recoveries=0 if args.on_stub_death == "exit" else 5,
+        log=_log,
     )
     previous = {sig: signal.signal(sig, _request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        print(f"blip2-triton: starting tritonserver on {repository.absolute()}", file=sys.stderr, flush=True)
+        _log(f"blip2-triton: starting tritonserver on {repository.absolute()}")
         server.start()
+        watchdog.start()
         models = server.ready_models()
         print(f"gRPC     {args.host}:{server.grpc_port}")
         print(f"HTTP     {f'{args.host}:{server.http_port}' if args.allow_http else 'off (--allow-http)'}")
@@ -101,19 +141,48 @@ def run(args: argparse.Namespace) -> int:
         print(f"models   {', '.join(models) if models else '(none)'}")
         print(f"log      {server.log_path}")
         print(f"admin    {', '.join(RESTRICTED_APIS)} need the admin key ({admin_key.source})")
-        print("ready; Ctrl+C stops the server", flush=True)
-        while server.is_alive():
-            time.sleep(0.5)
-        server.stop()
+        print("ready; Ctrl+C or SIGTERM drains and stops the server", flush=True)
+        while server.is_alive() and not watchdog.failed.is_set():
+            time.sleep(0.2)
+        if watchdog.failed.is_set():
+            raise ServerProcessError(f"{watchdog.failure} (log: {server.log_path})")
         raise ServerProcessError(
             f"tritonserver exited unexpectedly with code {server.returncode} (log: {server.log_path})"
         )
-    except _StopRequested:
-        print("blip2-triton: stopping tritonserver", file=sys.stderr, flush=True)
+    except _StopRequested as stop:
+        watchdog.pause()
+        _drain_and_stop(server, args.drain_timeout, str(stop))
         return 0
     finally:
         for sig in previous:
             signal.signal(sig, signal.SIG_IGN)
+        watchdog.stop()
         server.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _drain_and_stop(server: TritonServer, timeout_s: float, signal_name: str) -> None:
+    """Drain (readiness false, new requests refused, accepted ones finish), then stop tritonserver."""
+    if not server.is_alive():
+        return
+    _log(f"blip2-triton: {signal_name}: draining, at most {timeout_s:g} s (--drain-timeout)")
+    try:
+        result = drain(server, timeout_s, log=_log)
+    except Exception as exc:  # the server may be dying: stop it anyway
+        _log(f"blip2-triton: drain failed ({one_line(str(exc))}); stopping tritonserver")
+        server.stop()
+        return
+    if result.complete:
+        _log(f"blip2-triton: drained in {result.seconds:.1f} s; stopping tritonserver")
+        server.stop()
+        return
+    offset = len(server.log_text())
+    server.stop()
+    cut = inflight_at_stop(server.log_text()[offset:])
+    counted = {name: cut.get(name, 0) for name in result.unfinished}
+    total = sum(counted.values()) if cut else "an unknown number of"
+    _log(
+        f"blip2-triton: drain timeout ({timeout_s:g} s): cut off {total} in-flight requests "
+        f"({', '.join(f'{name}: {n}' for name, n in counted.items())}); tritonserver stopped"
+    )

@@ -1,0 +1,84 @@
+"""Drain a serving tritonserver before stopping it, so that no accepted request is lost.
+
+What tritonserver 2.51 does by itself on SIGTERM/SIGINT (``InferenceServer::Stop``): readiness
+turns false, then *every* model's scheduler stops accepting requests at once, then it waits up to
+``--exit-timeout-secs`` for the requests already queued or executing. A request to an ensemble is a
+chain of requests, one per step: one that is in its first step when the signal comes needs to
+enqueue into the next step later, and is refused there ("Server is stopping, scheduler for model
+has stopped accepting new inference requests"). Accepted work is lost.
+
+So ``drain`` runs before tritonserver is signalled. It unloads the *entry* models (those no ensemble
+uses as a step) through the model-repository API, callers first: the public models of the contract,
+then the others. Unloading a model makes Triton (a) refuse new requests to it at once, (b) report it
+UNLOADING, which turns ``/v2/health/ready`` and ``is_model_ready`` false, and (c) keep it, and the
+steps it calls, until its last in-flight request has been answered. When every entry model is
+unloaded nothing is in flight, and tritonserver stops at once.
+
+A refused request gets Triton's answer for a model that is not loaded: NOT_FOUND "Request for unknown
+model: '<name>' has no available versions" (Triton 2.51 has no way to answer UNAVAILABLE for one
+model while its in-flight requests go on; the SDK treats this answer as retryable).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from .model_graph import entry_waves, loaded_configs
+from .process import TritonServer
+
+_POLL_S = 0.1
+
+
+@dataclass
+class DrainResult:
+    """How a drain went: ``unfinished`` maps a model still unloading at the deadline to its state."""
+
+    seconds: float
+    waves: list[list[str]]
+    unfinished: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        return not self.unfinished
+
+
+def drain(server: TritonServer, timeout_s: float, *, log: Callable[[str], None] = print) -> DrainResult:
+    """Unload the entry models wave by wave and wait (up to ``timeout_s`` in all) until each is gone."""
+    import tritonclient.grpc as grpcclient
+
+    started = time.monotonic()
+    deadline = started + timeout_s
+    headers = server.admin_grpc_headers
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        waves = entry_waves(loaded_configs(client, headers))
+        result = DrainResult(0.0, waves)
+        for wave in waves:
+            for name in wave:
+                client.unload_model(
+                    name, headers=headers, client_timeout=max(1.0, deadline - time.monotonic())
+                )
+            log(f"blip2-triton: draining {', '.join(wave)} (new requests refused, in-flight ones finish)")
+            unfinished = _wait_unloaded(client, headers, wave, deadline)
+            if unfinished:
+                result.unfinished = unfinished
+                break
+    finally:
+        client.close()
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _wait_unloaded(
+    client, headers: dict[str, str] | None, names: Iterable[str], deadline: float
+) -> dict[str, str]:
+    """Poll until none of ``names`` is loaded or unloading; those still are at the deadline, with state."""
+    pending = set(names)
+    while True:
+        states = {m.name: m.state for m in client.get_model_repository_index(headers=headers).models}
+        pending = {name for name in pending if states.get(name) in ("READY", "UNLOADING", "LOADING")}
+        if not pending or time.monotonic() >= deadline:
+            return {name: states.get(name, "?") for name in sorted(pending)}
+        time.sleep(_POLL_S)

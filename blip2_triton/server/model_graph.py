@@ -1,0 +1,42 @@
+"""Which loaded models call which: ensemble steps from the configs, BLS callers from the contract.
+
+Triton knows an ensemble's steps, but not which models a Python (BLS) model calls. The contract
+names the public models that clients call and that call other models (``CALLERS``): drain and stub
+recovery take those first, so that what they call stays loaded while they finish.
+"""
+
+from __future__ import annotations
+
+from blip2_triton.runtime.contract import IMAGE_EMBED_MODEL, ITM_MODEL, PUBLIC_MODEL, STREAM_MODEL
+
+CALLERS = (PUBLIC_MODEL, STREAM_MODEL, ITM_MODEL, IMAGE_EMBED_MODEL)
+
+
+def loaded_configs(client, headers: dict[str, str] | None) -> dict[str, dict]:
+    """Config (JSON form) of every READY model, through a ``tritonclient.grpc`` client."""
+    index = client.get_model_repository_index(headers=headers).models
+    names = sorted({m.name for m in index if m.state == "READY"})
+    return {name: client.get_model_config(name, as_json=True)["config"] for name in names}
+
+
+def ensemble_steps(configs: dict[str, dict]) -> set[str]:
+    return {
+        step["model_name"]
+        for config in configs.values()
+        for step in config.get("ensemble_scheduling", {}).get("step", [])
+    }
+
+
+def entry_waves(configs: dict[str, dict]) -> list[list[str]]:
+    """Models no ensemble uses as a step, in waves: the contract's callers first, then the others."""
+    steps = ensemble_steps(configs)
+    entries = [name for name in sorted(configs) if name not in steps]
+    first = [name for name in entries if name in CALLERS]
+    rest = [name for name in entries if name not in CALLERS]
+    return [wave for wave in (first, rest) if wave]
+
+
+def callers(configs: dict[str, dict]) -> list[str]:
+    """The loaded models of ``CALLERS`` that no ensemble uses as a step."""
+    steps = ensemble_steps(configs)
+    return [name for name in sorted(configs) if name in CALLERS and name not in steps]
