@@ -226,6 +226,15 @@ def targets(rows: list[Row], served: str) -> list[Target]:
     ]
 
 
+QUIET_LOAD = 0.5  # 1-min load average below which a run counts as quiet
+BUSY_NOTE = (
+    "**Busy machine** (1-min load average {load:.2f} at the start, quiet is below {quiet}): other processes "
+    "shared the cores, so these figures are not comparable with a quiet run's. In-process torch (A, "
+    "B) is hit hardest: its threads wait for each other when the cores are taken, which can make it "
+    "several times slower, and the ratios against A and B then flatter the served pipeline."
+)
+
+
 def _load(load: tuple[float, float, float]) -> str:
     return " / ".join(f"{x:.2f}" for x in load)
 
@@ -235,7 +244,7 @@ def report(rows: list[Row], context: Context, served: str) -> str:
     lines = [
         f"**{context.date}**, {context.machine}, commit {context.commit}; "
         f"load average (1/5/15 min) {_load(context.load_before)} at the start, "
-        f"{_load(context.load_after)} at the end.",
+        f"{_load(context.load_after)} at the end (this run's own work included).",
         "",
         f"Model: {context.model}. {context.generation}",
         "",
@@ -246,6 +255,8 @@ def report(rows: list[Row], context: Context, served: str) -> str:
     ]
     missing = {f"{r.system}: n/a, {r.missing}.": None for r in rows if r.missing}
     notes = [*missing, *context.notes]
+    if context.load_before[0] > QUIET_LOAD:  # at the end, the load counts this run's own work
+        notes.insert(0, BUSY_NOTE.format(load=context.load_before[0], quiet=QUIET_LOAD))
     if notes:
         lines += ["", *(f"- {note}" for note in notes)]
     return "\n".join(lines) + "\n"

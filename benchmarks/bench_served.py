@@ -18,10 +18,12 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench_report import Row
 from perf_tools import (
     BenchmarkError,
+    CountedRun,
     check_perf_analyzer,
     perf_analyzer_binary,
     run_counted,
@@ -29,6 +31,10 @@ from perf_tools import (
 )
 
 from blip2_triton.runtime.contract import PUBLIC_MODEL, STREAM_MODEL
+
+if TYPE_CHECKING:
+    from blip2_triton.export.options import ExportOptions
+    from blip2_triton.server import TritonServer
 
 UNARY_ROW = f"C served {PUBLIC_MODEL}"
 STREAM_ROW = f"C served {STREAM_MODEL} (stream)"
@@ -57,7 +63,7 @@ def _say(message: str) -> None:
 # Export
 
 
-def export_options(concurrency: int, overrides: dict[str, str]):
+def export_options(concurrency: int, overrides: dict[str, str]) -> ExportOptions:
     """``ExportOptions`` for a fair comparison at ``concurrency``, then ``overrides`` (field -> text).
 
     Batches and generation slots hold ``concurrency`` requests, as B's batch holds every image; the
@@ -83,7 +89,7 @@ def export_options(concurrency: int, overrides: dict[str, str]):
     return options
 
 
-def export(checkpoint: Path, output: Path, options, log: Path) -> Path:
+def export(checkpoint: Path, output: Path, options: ExportOptions, log: Path) -> Path:
     """``export_repository`` with its progress and transformers' chatter sent to ``log``."""
     from blip2_triton.export.repository import export_repository
 
@@ -101,7 +107,7 @@ def export(checkpoint: Path, output: Path, options, log: Path) -> Path:
 
 
 @contextlib.contextmanager
-def serving(repository: Path, log: Path) -> Iterator:
+def serving(repository: Path, log: Path) -> Iterator[TritonServer]:
     """A ``TritonServer`` on free ports, stopped on exit; its log tail shown if it fails to start."""
     from blip2_triton.server import TritonServer, free_ports
 
@@ -197,7 +203,7 @@ def measure_served(repository: Path, plan: ServedPlan, work: Path) -> tuple[list
     return rows, notes
 
 
-def _row(name: str, concurrency: int, run, tokens: int, streaming: bool) -> Row:
+def _row(name: str, concurrency: int, run: CountedRun, tokens: int, streaming: bool) -> Row:
     requests = run.requests
     return Row(
         name,
