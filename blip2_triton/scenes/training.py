@@ -13,13 +13,13 @@ class TrainConfig:
 
     seed: int = 0
     train_scenes: int = 30_000
-    caption_steps: int = 5000
+    caption_steps: int = 2000
     batch_size: int = 64
     questions_per_image: int = 2
     learning_rate: float = 2e-3
     warmup_steps: int = 150
     weight_decay: float = 0.05
-    retrieval_steps: int = 1200
+    retrieval_steps: int = 500
     retrieval_batch_size: int = 64
     retrieval_learning_rate: float = 1e-3
     threads: int = 2
