@@ -205,8 +205,8 @@ def test_a_full_queue_refuses_at_once(two_slots, sample_images):
     assert refused_s < min(results[f"r{i}"][0] for i in range(4)) / 4
 
 
-def test_five_questions_about_one_image_encode_it_once(opt_server, sample_images):
-    image = sample_images[4].read_bytes()
+def test_five_questions_about_one_image_encode_it_once(opt_server):
+    image = _png_never_sent_before()
     client = grpcclient.InferenceServerClient(opt_server.grpc_url)
     before = client.get_inference_statistics("blip2_vision").model_stats[0]
     for question in ("what is it?", "what colour?", "where?", "how many?", "is it big?"):
@@ -240,6 +240,18 @@ def test_metrics_are_published(opt_server, sample_images):
     assert 'blip2_queued_requests{model="blip2_llm"}' in values
     assert any(key.startswith("nv_cache_num_hits_per_model") for key in values)
     assert any(key.startswith("nv_cache_num_misses_per_model") for key in values)
+
+
+def _png_never_sent_before() -> bytes:
+    """A random image, so the vision cache cannot know it from an earlier test."""
+    import io
+
+    from PIL import Image
+
+    pixels = np.random.default_rng(time.time_ns()).integers(0, 255, (40, 52, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _metric_values(text: str) -> dict[str, float]:

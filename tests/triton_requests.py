@@ -86,3 +86,31 @@ def assert_rejected(outcome: Outcome, fragment: str) -> None:
     assert outcome.status == "StatusCode.INVALID_ARGUMENT", outcome
     assert fragment in outcome.message, outcome.message
     assert "\n" not in outcome.message and "Traceback" not in outcome.message
+
+
+def engine_counters(metrics_url: str, model: str = "blip2_llm") -> tuple[float, float]:
+    """(decode steps, decoded rows) of the LLM engine, from Triton's metrics port: rows above
+    steps = sequences shared decode steps (the engine publishes them every 0.25 s)."""
+    import urllib.request
+
+    with urllib.request.urlopen(metrics_url, timeout=5) as response:
+        text = response.read().decode()
+    values = {}
+    for line in text.splitlines():
+        if (
+            line.startswith(("blip2_decode_steps_total", "blip2_decoded_rows_total"))
+            and f'model="{model}"' in line
+        ):
+            values[line.split("{", 1)[0]] = float(line.rsplit(" ", 1)[1])
+    return values.get("blip2_decode_steps_total", 0.0), values.get("blip2_decoded_rows_total", 0.0)
+
+
+def settled_engine_counters(metrics_url: str) -> tuple[float, float]:
+    """``engine_counters`` once they stop moving (the engine publishes every 0.25 s)."""
+    previous = engine_counters(metrics_url)
+    while True:
+        time.sleep(0.6)
+        current = engine_counters(metrics_url)
+        if current == previous:
+            return current
+        previous = current

@@ -1,7 +1,8 @@
 """The LLM stage's custom metrics on Triton's metrics port (Python backend ``MetricFamily``).
 
 ``blip2_generated_tokens_total``, ``blip2_requests_finished_total`` and
-``blip2_requests_cancelled_total`` (counters), ``blip2_active_sequences`` and
+``blip2_requests_cancelled_total``, ``blip2_decode_steps_total`` and ``blip2_decoded_rows_total``
+(counters: rows / steps is the average running batch), ``blip2_active_sequences`` and
 ``blip2_queued_requests`` (gauges, read from the engine four times a second),
 ``blip2_time_to_first_token_seconds`` and ``blip2_time_per_output_token_seconds`` (histograms,
 one observation per finished request). The vision cache's hits and misses are Triton's own
@@ -43,6 +44,8 @@ class EngineMetrics:
             "cancelled": _family(
                 "blip2_requests_cancelled_total", "Requests cancelled in the LLM stage", counter
             ),
+            "steps": _family("blip2_decode_steps_total", "Decode steps run by the engine", counter),
+            "rows": _family("blip2_decoded_rows_total", "Sequences advanced by decode steps", counter),
             "active": _family("blip2_active_sequences", "Sequences in the running batch", gauge),
             "queued": _family("blip2_queued_requests", "Requests waiting for a slot", gauge),
             "ttft": _family("blip2_time_to_first_token_seconds", "Time to first token", histogram),
@@ -52,12 +55,14 @@ class EngineMetrics:
         self.tokens = f["tokens"].Metric(labels=labels)
         self.finished_count = f["finished"].Metric(labels=labels)
         self.cancelled_count = f["cancelled"].Metric(labels=labels)
+        self.steps = f["steps"].Metric(labels=labels)
+        self.rows = f["rows"].Metric(labels=labels)
         self.active = f["active"].Metric(labels=labels)
         self.queued = f["queued"].Metric(labels=labels)
         self.ttft = f["ttft"].Metric(labels=labels, buckets=TTFT_BUCKETS)
         self.tpot = f["tpot"].Metric(labels=labels, buckets=TPOT_BUCKETS)
         self._engine = engine
-        self._seen_tokens = 0
+        self._seen = {"generated_tokens": 0, "decode_steps": 0, "decoded_rows": 0}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="blip2-llm-metrics", daemon=True)
         self._thread.start()
@@ -85,10 +90,15 @@ class EngineMetrics:
             stats = self._engine.stats()
             self.active.set(float(stats.get("active", 0)))
             self.queued.set(float(stats.get("queued", 0)))
-            generated = int(stats.get("generated_tokens", 0))
-            if generated > self._seen_tokens:
-                self.tokens.increment(generated - self._seen_tokens)
-                self._seen_tokens = generated
+            for key, metric in (
+                ("generated_tokens", self.tokens),
+                ("decode_steps", self.steps),
+                ("decoded_rows", self.rows),
+            ):
+                value = int(stats.get(key, 0))
+                if value > self._seen[key]:
+                    metric.increment(value - self._seen[key])
+                    self._seen[key] = value
 
     def close(self) -> None:
         self._stop.set()
