@@ -21,9 +21,12 @@ class Detokenizer:
     def _text(self) -> str:
         return self.tokenizer.decode(self.tokens, skip_special_tokens=True)
 
-    def add(self, token: int) -> str:
-        """Take one new token; returns the newly settled piece ("" when none)."""
+    def add(self, token: int, *, pieces: bool = True) -> str:
+        """Take one new token; returns the newly settled piece ("" when none, or when the caller
+        wants no pieces: then nothing is decoded until ``finish``)."""
         self.tokens.append(token)
+        if not pieces:
+            return ""
         text = self._text().lstrip()
         settled = text.rstrip()
         while settled.endswith("\ufffd"):

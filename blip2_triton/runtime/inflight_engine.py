@@ -8,8 +8,9 @@ A finished or cancelled sequence frees its slot at once; the next request takes 
 step. Beam search (``beam_width`` > 1) runs on a second worker with transformers' ``generate``,
 one request at a time, so it never holds the decode loop.
 
-Callbacks (``RequestSink``) come from the engine's threads only: ``on_text`` per settled piece of
-text, then exactly one of ``on_finish`` (the whole text, as transformers decodes it),
+Callbacks (``RequestSink``) come from the engine's threads only: ``on_text`` once per generated token
+with the newly settled piece of text ("" when none; a sink whose ``wants_pieces`` is false gets ""
+throughout and is spared the incremental decoding), then exactly one of ``on_finish`` (the whole text, as transformers decodes it),
 ``on_error`` or ``on_cancelled``.
 """
 
@@ -38,7 +39,7 @@ IDLE_WAIT_S = 0.05
 class RequestSink(Protocol):
     """Where one request's results go (called from the engine's threads)."""
 
-    def on_text(self, piece: str) -> None: ...
+    def on_text(self, piece: str) -> None: ...  # once per generated token; "" when nothing settled
     def on_finish(self, text: str) -> None: ...
     def on_error(self, exc: BaseException) -> None: ...
     def on_cancelled(self) -> None: ...
@@ -388,13 +389,12 @@ class InflightEngine:
         sequence.next_token = token
         with self._lock:
             self._stats.generated_tokens += 1
-        piece = sequence.detokenizer.add(token)
-        if piece:
-            sequence.sink.on_text(piece)
+        piece = sequence.detokenizer.add(token, pieces=getattr(sequence.sink, "wants_pieces", True))
+        sequence.sink.on_text(piece)  # "" when nothing settled: still one call per token
         if sequence.choice.stops(token, sequence.generated):
             text, last = sequence.detokenizer.finish()
             self._remove(row)
-            if last:
+            if last and getattr(sequence.sink, "wants_pieces", True):
                 sequence.sink.on_text(last)
             with self._lock:
                 self._stats.finished += 1

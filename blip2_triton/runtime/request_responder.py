@@ -44,7 +44,7 @@ class RequestResponder:
         self.submitted_at: float | None = None
         self.first_text_at: float | None = None
         self.finished_at: float | None = None
-        self.tokens = 0  # pieces of text seen: one per generated token, less held-back whitespace
+        self.tokens = 0  # generated tokens (the engine calls text() once per token)
         self.cancelled_by_client = False
 
     def sink(self, row: int) -> RowSink:
@@ -102,6 +102,7 @@ class RowSink:
     def __init__(self, responder: RequestResponder, row: int) -> None:
         self._responder = responder
         self._row = row
+        self.wants_pieces = responder.stream  # a unary request needs the final text only
 
     def on_text(self, piece: str) -> None:
         self._responder.text(self._row, piece)
