@@ -115,8 +115,11 @@ class OptStepper:
     def decode(self, count: int, tokens: torch.Tensor) -> torch.Tensor:
         """Feed slots ``[0, count)`` their next token (``[count]``); logits ``[count, V]``."""
         lengths = self.cache.lengths[:count]
-        span = int(lengths.max()) + 1
-        mask = (torch.arange(span, device=tokens.device)[None, :] <= lengths[:, None])[:, None, None, :]
+        shortest, longest = int(lengths.min()), int(lengths.max())
+        span = longest + 1
+        mask = None  # every slot at the same position: nothing to mask
+        if shortest != longest:
+            mask = (torch.arange(span, device=tokens.device)[None, :] <= lengths[:, None])[:, None, None, :]
         hidden = self._inputs(self.embed(tokens)[:, None, :], lengths[:, None])
 
         def attend(index: int, keys: torch.Tensor, values: torch.Tensor):
