@@ -7,6 +7,8 @@ Timing is measured and reported, never asserted beyond generous bounds (the mach
 
 from __future__ import annotations
 
+import io
+import itertools
 import json
 import os
 import signal
@@ -15,8 +17,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from blip2_triton import fixtures
@@ -28,6 +32,16 @@ from .triton_requests import build_inputs
 
 FIGURES = Path(__file__).resolve().parent.parent / ".work" / "figures"
 IMAGE = (fixtures.samples_dir() / "sky_circle.jpg").read_bytes()
+
+
+def fresh_image(seed: int) -> bytes:
+    """A small PNG no request sent before (the server may cache the vision step's answers)."""
+    pixels = np.random.default_rng(seed).integers(0, 255, (48, 48, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 ADMIN_KEY = "reliability-test-key-0123456789"
 
 
@@ -64,6 +78,7 @@ class LoadGenerator:
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _seeds: itertools.count = field(default_factory=itertools.count)
 
     def _loop(self) -> None:
         client = grpcclient.InferenceServerClient(self.url)
@@ -167,7 +182,9 @@ def test_killed_stub_is_noticed_and_its_model_reloaded(served: ServeProcess, kin
         def recovered() -> bool:
             fresh = [s for s in stub_processes(server_pid) if s.model == model and s.pid != victim.pid]
             late = [o for o in load.outcomes if o.started > killed_at and o.error is None]
-            return bool(fresh) and len(late) >= 4 and probe.samples[-1][1]
+            was_unready = any(not m for t, m, _ in probe.samples if t > killed_at)
+            reloaded = "reloaded in" in served.stderr_text()
+            return bool(fresh) and was_unready and reloaded and len(late) >= 4 and probe.samples[-1][2]
 
         _wait(recovered, 300, f"{model} to serve again")
         time.sleep(1.0)
@@ -184,8 +201,18 @@ def test_killed_stub_is_noticed_and_its_model_reloaded(served: ServeProcess, kin
     after_kill = [(t, m, s) for t, m, s in probe.samples if t >= killed_at]
     unready = [t for t, m, s in after_kill if not m]
     became_ready = next((t for t, m, s in after_kill if m and unready and t > unready[0]), None)
-    assert unready, f"readiness never went false ({len(after_kill)} samples after the kill): {served.stderr_text()}"
-    assert became_ready is not None and probe.samples[-1][1] and probe.samples[-1][2]
+    assert unready, (
+        f"readiness never went false ({len(after_kill)} samples after the kill): {served.stderr_text()}"
+    )
+    assert became_ready is not None, probe.samples[-20:]
+    client = grpcclient.InferenceServerClient(served.grpc_url)
+    try:
+        index = client.get_model_repository_index(headers={"triton-grpc-protocol-admin-key": ADMIN_KEY})
+        states = [(m.name, m.version, m.state, m.reason) for m in index.models]
+        assert client.is_server_ready(client_timeout=60), (states, served.stderr_text())
+        assert client.is_model_ready(PUBLIC_MODEL, client_timeout=60)
+    finally:
+        client.close()
     # While readiness said ready, requests did not fail for long: failures sit between the kill and
     # the end of the reload (plus the requests already in the dead stub).
     assert all(o.started <= became_ready + 0.5 for o in failed), [

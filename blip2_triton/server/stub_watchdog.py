@@ -66,6 +66,8 @@ class StubWatchdog:
         self.failure = ""
         self.recoveries: list[Recovery] = []
         self._recent: deque[float] = deque()
+        # Stubs of instances a reload replaced: they are being stopped, which is no death.
+        self._replaced: set[int] = set()
         self._paused = threading.Event()
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
@@ -120,7 +122,7 @@ class StubWatchdog:
     def _watch_new_stubs(self, watched: dict[int, StubProcess]) -> None:
         if self.server.pid is None:
             return
-        known = {stub.pid for stub in watched.values()}
+        known = {stub.pid for stub in watched.values()} | self._replaced
         for stub in stub_processes(self.server.pid):
             if stub.pid in known:
                 continue
@@ -154,10 +156,12 @@ class StubWatchdog:
             f"blip2-triton: Python backend stub {stub.instance} (pid {stub.pid}) died; "
             f"reloading model '{stub.model}' (unready meanwhile)"
         )
+        before = stub_processes(self.server.pid) if self.server.pid is not None else []
         try:
-            seconds = reload_model(self.server, stub.model, timeout_s=self.reload_timeout_s)
+            seconds, reloaded = reload_model(self.server, stub.model, timeout_s=self.reload_timeout_s)
         except Exception as exc:  # any failure to reload means: restart everything
             return self._give_up(f"reloading '{stub.model}' after its stub died failed: {exc}")
+        self._replaced = {s.pid for s in before if s.model in reloaded and is_running(s.pid)}
         self.recoveries.append(Recovery(stub, seconds))
         self.log(f"blip2-triton: model '{stub.model}' reloaded in {seconds:.1f} s; ready again")
         return True
@@ -171,8 +175,10 @@ def _forget(watched: dict[int, StubProcess], models: set[str]) -> None:
             os.close(fd)
 
 
-def reload_model(server: TritonServer, model: str, *, timeout_s: float) -> float:
-    """Unload ``model`` and load it again; returns the seconds taken. Raises if it is not READY after.
+def reload_model(server: TritonServer, model: str, *, timeout_s: float) -> tuple[float, list[str]]:
+    """Unload ``model`` and load it again; returns the seconds taken and the models reloaded.
+
+    Raises if a model that was READY before is not READY after.
 
     Unloading makes the model unavailable at once, and with it the ensembles that use it (Triton
     knows those) and the contract's BLS callers (``model_graph.callers``, unloaded here: Triton does
@@ -206,4 +212,4 @@ def reload_model(server: TritonServer, model: str, *, timeout_s: float) -> float
                 raise RuntimeError(f"model '{name}' is not ready after reloading '{model}'")
     finally:
         client.close()
-    return time.monotonic() - started
+    return time.monotonic() - started, [model, *front]
