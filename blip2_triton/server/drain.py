@@ -82,3 +82,21 @@ def _wait_unloaded(
         if not pending or time.monotonic() >= deadline:
             return {name: states.get(name, "?") for name in sorted(pending)}
         time.sleep(_POLL_S)
+
+
+# Gauges that count requests inside a server: Triton's queues, and the LLM engine's own.
+_IN_FLIGHT_GAUGES = ("nv_inference_pending_request_count", "blip2_active_sequences", "blip2_queued_requests")
+
+
+def requests_in_flight(metrics_url: str) -> dict[str, int]:
+    """Requests queued or running, per gauge of ``_IN_FLIGHT_GAUGES``, from the metrics endpoint."""
+    import urllib.request
+
+    with urllib.request.urlopen(metrics_url, timeout=5) as response:
+        text = response.read().decode("utf-8", errors="replace")
+    totals = dict.fromkeys(_IN_FLIGHT_GAUGES, 0)
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in totals:
+            totals[name] += int(float(line.rsplit(" ", 1)[1]))
+    return totals

@@ -58,24 +58,3 @@ def startup_failure(log: str, returncode: int | None) -> tuple[str, str | None]:
 
 def tail(text: str, lines: int = _LOG_TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:])
-
-
-_INFLIGHT = re.compile(r"Model '([^']+)' \(version \d+\) has (\d+) in-flight inferences")
-
-
-def inflight_at_stop(log: str) -> dict[str, int]:
-    """In-flight requests per model in tritonserver's first report after it was told to stop.
-
-    On SIGINT/SIGTERM it logs "Timeout N: Found K model versions that have in-flight inferences",
-    then one "Model '<name>' (version V) has M in-flight inferences" line per model, once a second.
-    """
-    counts: dict[str, int] = {}
-    reports = 0
-    for line in log.splitlines():
-        if "model versions that have in-flight inferences" in line:
-            reports += 1
-            if reports > 1:
-                break
-        elif reports == 1 and (match := _INFLIGHT.search(line)):
-            counts[match.group(1)] = int(match.group(2))
-    return counts

@@ -12,9 +12,9 @@ from types import FrameType
 from blip2_triton.command_errors import CommandError
 
 from .access import ADMIN_KEY_ENV, RESTRICTED_APIS, default_key_file, resolve_admin_key
-from .drain import drain
+from .drain import drain, requests_in_flight
 from .errors import ServerProcessError
-from .log_parsing import inflight_at_stop, one_line
+from .log_parsing import one_line
 from .process import TritonServer
 from .stub_watchdog import StubWatchdog
 
@@ -177,12 +177,13 @@ def _drain_and_stop(server: TritonServer, timeout_s: float, signal_name: str) ->
         _log(f"blip2-triton: drained in {result.seconds:.1f} s; stopping tritonserver")
         server.stop()
         return
-    offset = len(server.log_text())
+    try:
+        counts = requests_in_flight(server.metrics_url)
+        detail = ", ".join(f"{name}: {n}" for name, n in counts.items())
+        total = sum(counts.values())
+        cut = f"{total} in-flight requests ({detail})" if total else "the in-flight requests"
+    except OSError:
+        cut = "the in-flight requests (count unavailable)"
+    unfinished = ", ".join(f"{name} {state}" for name, state in result.unfinished.items())
     server.stop()
-    cut = inflight_at_stop(server.log_text()[offset:])
-    counted = {name: cut.get(name, 0) for name in result.unfinished}
-    total = sum(counted.values()) if cut else "an unknown number of"
-    _log(
-        f"blip2-triton: drain timeout ({timeout_s:g} s): cut off {total} in-flight requests "
-        f"({', '.join(f'{name}: {n}' for name, n in counted.items())}); tritonserver stopped"
-    )
+    _log(f"blip2-triton: drain timeout ({timeout_s:g} s): cut off {cut}; still draining: {unfinished}")
