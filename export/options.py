@@ -16,6 +16,9 @@ from .quantize import QUANTIZE_METHODS, check_quantize
 
 DTYPES = ("fp32", "fp16", "bf16")
 VISION_BACKENDS = ("python", "onnxruntime")
+# Default queue bound per step, in batches: under overload a request waits behind at most this many
+# full batches of its step before it runs, and the rest are refused at once (docs/operations.md).
+QUEUE_BATCHES = 4
 
 
 def flag(default: Any, *, help: str | None = None, choices: tuple[str, ...] | None = None) -> Any:
@@ -37,6 +40,16 @@ class ExportOptions:
         "onnxruntime: Triton's native onnxruntime backend (NGC container)",
     )
     queue_delay_us: int = flag(2000, help="dynamic batching queue delay")
+    max_queue_size: int = flag(
+        0,
+        help="requests that may wait in each step's queue; more get UNAVAILABLE at once "
+        "(default 0: 4 x --max-batch-size)",
+    )
+    queue_timeout_us: int = flag(
+        30_000_000,
+        help="how long a request may wait in a step's queue before it gets UNAVAILABLE "
+        "(microseconds; 0: no limit; a request's own timeout may only shorten it)",
+    )
     max_active_sequences: int = flag(
         16, help="sequences the LLM engine generates at once (its KV-cache slots); see README: sizing"
     )
@@ -67,6 +80,10 @@ class ExportOptions:
                 raise ExportError(f"--{name.replace('_', '-')} must be at least 1")
         if self.vision_cache_mb < 0:
             raise ExportError("--vision-cache-mb must be 0 (off) or more")
+        if self.max_queue_size < 0:
+            raise ExportError("--max-queue-size must be 0 (4 x --max-batch-size) or more")
+        if self.queue_timeout_us < 0:
+            raise ExportError("--queue-timeout-us must be 0 (no limit) or more")
         if self.dtype not in DTYPES:
             raise ExportError(f"--dtype must be one of {', '.join(DTYPES)}")
         if self.vision_backend not in VISION_BACKENDS:
@@ -88,6 +105,7 @@ class ExportOptions:
             **dataclasses.asdict(self),
             "instance_kind": self.instance_kind,
             "vision_response_cache": "true" if self.vision_cache_mb > 0 else "false",
+            "max_queue_size": self.max_queue_size or QUEUE_BATCHES * self.max_batch_size,
         }
 
 
