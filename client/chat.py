@@ -7,12 +7,16 @@ the same serialised ``image`` tensor.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, Protocol
+
+from blip2_triton.runtime.contract import STREAM_MODEL
 
 from . import _tensors
 from .calls import generation_call
 from .prompts import chat_prompt
 from .settings import GenerationSettings, resolve_settings
+from .streaming import stream_async, stream_blocking
 from .transport import Call
 
 __all__ = ["AsyncChatSession", "ChatSession"]
@@ -53,9 +57,10 @@ class _ChatBase:
     def _prompt(self, family: str, question: str) -> str:
         return chat_prompt(family, self._history, question)
 
-    def _call(self, prompt: str, settings: GenerationSettings) -> Call[str]:
+    def _call(self, prompt: str, settings: GenerationSettings, *, stream: bool = False) -> Call[str]:
         client = self._client
-        return generation_call(client.protocol, client.model_name, self._image_input, prompt, settings)
+        model = STREAM_MODEL if stream else client.model_name
+        return generation_call(client.protocol, model, self._image_input, prompt, settings)
 
     def _answered(self, question: str, answer: str) -> str:
         self._history.append((question, answer))
@@ -69,11 +74,31 @@ class ChatSession(_ChatBase):
         """The prompt that :meth:`ask` would send for ``question`` now."""
         return self._prompt(self._client.llm_family(), question)
 
-    def ask(self, question: str, settings: GenerationSettings | None = None, **generation: Any) -> str:
-        """The answer to ``question``, given the earlier turns; the turn is added to the history."""
+    def ask(
+        self,
+        question: str,
+        settings: GenerationSettings | None = None,
+        *,
+        stream: bool = False,
+        **generation: Any,
+    ) -> Any:
+        """The answer to ``question``, given the earlier turns; the turn is added to the history.
+
+        With ``stream=True``: an iterator of the answer's pieces as they are generated; the turn
+        is added once the iterator is used up.
+        """
         resolved = resolve_settings(settings, generation)
-        call = self._call(self.prompt_for(question), resolved)
+        call = self._call(self.prompt_for(question), resolved, stream=stream)
+        if stream:
+            return self._record(question, stream_blocking(self._client.transport.options, call))
         return self._answered(question, self._client.transport.infer(call))
+
+    def _record(self, question: str, pieces: Iterator[str]) -> Iterator[str]:
+        answer = []
+        for piece in pieces:
+            answer.append(piece)
+            yield piece
+        self._answered(question, "".join(answer))
 
 
 class AsyncChatSession(_ChatBase):
@@ -83,8 +108,28 @@ class AsyncChatSession(_ChatBase):
         """The prompt that :meth:`ask` would send for ``question`` now."""
         return self._prompt(await self._client.llm_family(), question)
 
-    async def ask(self, question: str, settings: GenerationSettings | None = None, **generation: Any) -> str:
-        """The answer to ``question``, given the earlier turns; the turn is added to the history."""
+    async def ask(
+        self,
+        question: str,
+        settings: GenerationSettings | None = None,
+        *,
+        stream: bool = False,
+        **generation: Any,
+    ) -> Any:
+        """The answer to ``question``, given the earlier turns; the turn is added to the history.
+
+        With ``stream=True``: ``async for piece in await session.ask(q, stream=True)``; the turn
+        is added once the pieces are used up.
+        """
         resolved = resolve_settings(settings, generation)
-        call = self._call(await self.prompt_for(question), resolved)
+        call = self._call(await self.prompt_for(question), resolved, stream=stream)
+        if stream:
+            return self._record(question, stream_async(self._client.transport.options, call))
         return self._answered(question, await self._client.transport.infer(call))
+
+    async def _record(self, question: str, pieces: AsyncIterator[str]) -> AsyncIterator[str]:
+        answer = []
+        async for piece in pieces:
+            answer.append(piece)
+            yield piece
+        self._answered(question, "".join(answer))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from blip2_triton.runtime.contract import PUBLIC_MODEL
+from blip2_triton.runtime.contract import PUBLIC_MODEL, STREAM_MODEL
 
 from . import _tensors
 from .calls import batch_prompts, generation_call
@@ -75,6 +75,11 @@ class ClientBase:
     def _generation_call(self, image: bytes, prompt: str | None, settings: GenerationSettings) -> Call[str]:
         image_input = _tensors.image_input(self.protocol, image)
         return generation_call(self.protocol, self.model_name, image_input, prompt, settings)
+
+    def _stream_call(self, image: bytes, prompt: str | None, settings: GenerationSettings) -> Call[str]:
+        """The same request for the streaming model ``blip2_stream``."""
+        image_input = _tensors.image_input(self.protocol, image)
+        return generation_call(self.protocol, STREAM_MODEL, image_input, prompt, settings)
 
     @staticmethod
     def _captions_to_make(

@@ -50,6 +50,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     caption.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     caption.add_argument("--prompt", default=None, help="text the caption continues (default: none)")
+    caption.add_argument(
+        "--stream", action="store_true", help="print the text as it is generated (one image; gRPC)"
+    )
     caption.set_defaults(func=run_caption, expected_errors=(Blip2ClientError,))
 
     ask = subparsers.add_parser(
@@ -60,6 +63,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     ask.add_argument("image", metavar="IMAGE", help="image file")
     ask.add_argument("question", metavar="QUESTION", help="the question")
+    ask.add_argument("--stream", action="store_true", help="print the answer as it is generated (gRPC)")
     ask.set_defaults(func=run_ask, expected_errors=(Blip2ClientError,))
 
 
@@ -86,6 +90,12 @@ def run_caption(args: argparse.Namespace) -> int:
     paths = list(args.images)
     _check_files(paths)
     settings = settings_from_args(args)
+    if args.stream:
+        if len(paths) != 1 or args.json:
+            raise Blip2ClientError("--stream takes one image and prints plain text (no --json)")
+        with client_from_args(args) as client:
+            _print_stream(client.stream_caption(paths[0], args.prompt, settings))
+        return 0
     show_progress = None if sys.stderr.isatty() else False
     with client_from_args(args) as client:
         try:
@@ -104,6 +114,12 @@ def run_ask(args: argparse.Namespace) -> int:
     """``blip2-triton ask``: the answer on one line."""
     _check_files([args.image])
     settings = settings_from_args(args)
+    if args.stream:
+        if args.json:
+            raise Blip2ClientError("--stream prints plain text (no --json)")
+        with client_from_args(args) as client:
+            _print_stream(client.stream_ask(args.image, args.question, settings))
+        return 0
     with client_from_args(args) as client:
         answer = client.ask(args.image, args.question, settings)
     if args.json:
@@ -113,3 +129,10 @@ def run_ask(args: argparse.Namespace) -> int:
     else:
         print(answer)
     return 0
+
+
+def _print_stream(pieces) -> None:
+    """Print each piece as it comes (flushed), then the line end."""
+    for piece in pieces:
+        print(piece, end="", flush=True)
+    print(flush=True)

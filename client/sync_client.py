@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -22,6 +22,7 @@ from .fan_out import fan_out
 from .images import ImageLike, image_bytes
 from .prompts import llm_family_from_config, vqa_prompt
 from .settings import GenerationSettings, resolve_settings
+from .streaming import stream_blocking
 from .transport import Call, Transport
 
 __all__ = ["Blip2Client"]
@@ -106,6 +107,36 @@ class Blip2Client(ClientBase):
         data = image_bytes(image)
         prompt = vqa_prompt(self.llm_family(), question)
         return self._transport.infer(self._generation_call(data, prompt, resolved))
+
+    def stream_caption(
+        self,
+        image: ImageLike,
+        prompt: str | None = None,
+        settings: GenerationSettings | None = None,
+        **generation: Any,
+    ) -> Iterator[str]:
+        """:meth:`caption`'s text piece by piece as the server generates it (gRPC, ``blip2_stream``).
+
+        The pieces joined equal :meth:`caption`'s text; leaving the loop early cancels the request.
+        """
+        resolved = resolve_settings(settings, generation)
+        self._transport.check_open()
+        call = self._stream_call(image_bytes(image), prompt, resolved)
+        return stream_blocking(self._transport.options, call)
+
+    def stream_ask(
+        self,
+        image: ImageLike,
+        question: str,
+        settings: GenerationSettings | None = None,
+        **generation: Any,
+    ) -> Iterator[str]:
+        """:meth:`ask`'s answer piece by piece as the server generates it (see :meth:`stream_caption`)."""
+        resolved = resolve_settings(settings, generation)
+        self._transport.check_open()
+        prompt = vqa_prompt(self.llm_family(), question)
+        call = self._stream_call(image_bytes(image), prompt, resolved)
+        return stream_blocking(self._transport.options, call)
 
     def chat(self, image: ImageLike) -> ChatSession:
         """A conversation about ``image``: each question sees the earlier questions and answers."""

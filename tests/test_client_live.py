@@ -7,6 +7,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -290,3 +291,82 @@ def test_cli_errors_are_one_line(opt_server, sample_images, tmp_path):
 
     done = run_cli("caption", str(sample_images[0]), "--url", f"localhost:{closed_port()}")
     assert done.returncode == 1 and len(done.stderr.splitlines()) == 1
+
+
+# -- streaming -------------------------------------------------------------------------------------
+def test_stream_caption_and_ask_join_to_the_unary_texts(opt_server, sample_images, reference):
+    image = sample_images[0].read_bytes()
+    with Blip2Client(opt_server.grpc_url) as client:
+        pieces = list(client.stream_caption(image, "a photo of", max_tokens=20))
+        assert "".join(pieces) == client.caption(image, "a photo of", max_tokens=20)
+        assert "".join(pieces) == reference(image, "a photo of", max_tokens=20)
+        answer = list(client.stream_ask(image, QUESTIONS[0], max_tokens=12))
+        assert "".join(answer) == client.ask(image, QUESTIONS[0], max_tokens=12)
+    assert len(pieces) > 1
+
+
+def test_async_stream_and_chat_stream(opt_server, sample_images):
+    image = sample_images[1].read_bytes()
+
+    async def run():
+        async with AsyncBlip2Client(opt_server.grpc_url) as client:
+            pieces = [piece async for piece in client.stream_caption(image, max_tokens=15)]
+            whole = await client.caption(image, max_tokens=15)
+            chat = client.chat(image)
+            streamed = [piece async for piece in await chat.ask(QUESTIONS[0], stream=True, max_tokens=8)]
+            answer = await chat.ask(QUESTIONS[1], max_tokens=8)
+            return pieces, whole, streamed, chat.history, answer
+
+    pieces, whole, streamed, history, answer = asyncio.run(run())
+    assert "".join(pieces) == whole
+    assert history == ((QUESTIONS[0], "".join(streamed)), (QUESTIONS[1], answer))
+    with Blip2Client(opt_server.grpc_url) as client:
+        chat = client.chat(image)
+        streamed_sync = "".join(chat.ask(QUESTIONS[0], stream=True, max_tokens=8))
+        assert chat.history == ((QUESTIONS[0], streamed_sync),)
+        assert streamed_sync == "".join(streamed)
+
+
+def test_stream_errors_are_sdk_errors(opt_server):
+    with (
+        Blip2Client(opt_server.grpc_url) as client,
+        pytest.raises(InvalidRequestError, match="not a recognised"),
+    ):
+        list(client.stream_caption(b"no image at all"))
+    with Blip2Client(opt_server.http_url, protocol="http") as client, pytest.raises(Exception, match="gRPC"):
+        list(client.stream_caption(b"x"))
+
+
+def test_leaving_a_stream_early_cancels_it(opt_server, sample_images):
+    """Breaking out of a 200-token stream cancels it on the server (the engine counts it)."""
+    import urllib.request
+
+    image = sample_images[2].read_bytes()
+
+    def cancelled() -> float:
+        with urllib.request.urlopen(opt_server.server.metrics_url, timeout=5) as response:
+            for line in response.read().decode().splitlines():
+                if line.startswith("blip2_requests_cancelled_total") and 'model="blip2_llm"' in line:
+                    return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    before = cancelled()
+    with Blip2Client(opt_server.grpc_url) as client:
+        for index, _ in enumerate(client.stream_caption(image, max_tokens=200, min_tokens=200)):
+            if index == 2:
+                break
+        assert client.caption(image, max_tokens=3)  # the server goes on serving
+    deadline = time.monotonic() + 10
+    while cancelled() <= before and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert cancelled() > before
+
+
+def test_cli_ask_stream_prints_the_answer(opt_server, sample_images, reference):
+    path = str(sample_images[0])
+    streamed = run_cli(
+        "ask", path, QUESTIONS[0], "--stream", "--max-tokens", "10", "--url", opt_server.grpc_url
+    )
+    unary = run_cli("ask", path, QUESTIONS[0], "--max-tokens", "10", "--url", opt_server.grpc_url)
+    assert streamed.returncode == 0, streamed.stderr
+    assert streamed.stdout == unary.stdout
