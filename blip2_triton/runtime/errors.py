@@ -34,10 +34,17 @@ class RequestCancelledError(Blip2RuntimeError):
         super().__init__(message if message.startswith(self.prefix) else f"{self.prefix} {message}")
 
 
+# Triton's own refusals of a step's queue policy (max_queue_size, default_timeout_microseconds).
+QUEUE_REFUSALS = ("Exceeds maximum queue size", "Request timeout expired")
+
+
 def error_from_step_message(message: str) -> Blip2RuntimeError | None:
     """The runtime error a called model answered, recognised by its message (BLS in Python backend
-    2.51 reports every error code as INTERNAL, but keeps the message); None when not ours."""
+    2.51 reports every error code as INTERNAL, but keeps the message); None when not ours. A step's
+    full queue is an overload, answered UNAVAILABLE like the engine's."""
     for kind in (EngineOverloadedError, RequestCancelledError):
         if message.startswith(kind.prefix):
             return kind(message)
+    if any(refusal in message for refusal in QUEUE_REFUSALS):
+        return EngineOverloadedError(message)
     return None
