@@ -186,6 +186,8 @@ def test_other_dtypes_are_refused_and_the_native_encoder_config_validates(retrie
     values = {
         "max_batch_size": 8,
         "queue_delay_us": 100,
+        "max_queue_size": 32,
+        "queue_timeout_us": 30_000_000,
         "image_height": 364,
         "image_width": 364,
         "num_query_tokens": 32,

@@ -63,6 +63,14 @@ def input_array(request, name: str) -> np.ndarray | None:
     return None if tensor is None else tensor.as_numpy()
 
 
+def required_rows(request, name: str) -> list[np.ndarray]:
+    """The rows of a required input (one item per row of the request's batch)."""
+    array = input_array(request, name)
+    if array is None:
+        raise RequestValidationError(f"input '{name}' is required")
+    return list(array)
+
+
 def output_response(outputs: dict[str, np.ndarray]):
     """A response with the given output tensors."""
     return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(n, a) for n, a in outputs.items()])

@@ -9,8 +9,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from blip2_runtime.contract import PIXEL_VALUES, QUERY_EMBEDS
-from blip2_runtime.errors import RequestValidationError
-from blip2_runtime.triton_adapter import ModelLogger, input_array, model_parameter, respond_batched
+from blip2_runtime.triton_adapter import ModelLogger, model_parameter, required_rows, respond_batched
 from blip2_runtime.vision import OnnxVisionEncoder
 
 
@@ -25,13 +24,7 @@ class TritonPythonModel:
 
     def execute(self, requests):
         """One onnxruntime run for the whole dynamic batch, split back per request."""
-        return respond_batched(requests, self._parse, self._run, self.logger)
-
-    def _parse(self, request):
-        pixel_values = input_array(request, PIXEL_VALUES)
-        if pixel_values is None:
-            raise RequestValidationError(f"input '{PIXEL_VALUES}' is required")
-        return list(pixel_values)
+        return respond_batched(requests, lambda r: required_rows(r, PIXEL_VALUES), self._run, self.logger)
 
     def _run(self, items):
         return {QUERY_EMBEDS: self.encoder(np.stack(items))}
