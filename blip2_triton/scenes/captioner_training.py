@@ -24,7 +24,7 @@ def train_captioner(spec: SceneModelSpec, config: TrainConfig, data: SceneSet, e
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
     processor = processor_for(opt_tokenizer(spec.vocab_size), spec)
-    model = new_captioner(processor.tokenizer, spec).train()
+    model = new_captioner(processor.tokenizer, spec, config.sharpen_cross_attention).train()
     image_token_id = model.config.image_token_id
     builder = SequenceBuilder(processor.tokenizer, spec.num_query_tokens, image_token_id)
     mean, std = processor.image_processor.image_mean, processor.image_processor.image_std
@@ -37,7 +37,10 @@ def train_captioner(spec: SceneModelSpec, config: TrainConfig, data: SceneSet, e
         picked = order.next(config.batch_size)
         pixels = pixel_values(data.images[picked], mean, std)
         input_ids, attention, labels, owner = builder.batch(
-            [data.scenes[i] for i in picked], config.questions_per_image, rng
+            [data.scenes[i] for i in picked],
+            config.questions_per_image,
+            rng,
+            {"position": config.position_weight},
         )
         features = model.get_image_features(pixels, return_dict=True).pooler_output
         embeds = model.get_input_embeddings()(input_ids)

@@ -53,13 +53,19 @@ def pixel_values(images: np.ndarray, mean: Sequence[float], std: Sequence[float]
     return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
 
 
-def pick_questions(scene: Scene, count: int, rng: random.Random) -> list[QA]:
-    """``count`` questions about ``scene``: a kind first (uniformly among those it has), then one of it."""
+def pick_questions(
+    scene: Scene, count: int, rng: random.Random, weights: dict[str, float] | None = None
+) -> list[QA]:
+    """``count`` questions about ``scene``: a kind first (by ``weights``, default 1, among those it
+    has), then one question of that kind."""
     by_kind: dict[str, list[QA]] = {}
     for qa in questions(scene):
         by_kind.setdefault(qa.kind, []).append(qa)
     kinds = sorted(by_kind)
-    return [rng.choice(by_kind[rng.choice(kinds)]) for _ in range(count)]
+    chances = [(weights or {}).get(k, 1.0) for k in kinds]
+    if all(c == 1.0 for c in chances):  # uniform: one rng.choice per pick, as before weights existed
+        return [rng.choice(by_kind[rng.choice(kinds)]) for _ in range(count)]
+    return [rng.choice(by_kind[rng.choices(kinds, chances)[0]]) for _ in range(count)]
 
 
 class SequenceBuilder:
@@ -88,7 +94,13 @@ class SequenceBuilder:
         head, tail = self._prompt(prompt), self._target(target)
         return head + tail, [IGNORE] * len(head) + tail
 
-    def batch(self, scenes: Sequence[Scene], questions_per_image: int, rng: random.Random):
+    def batch(
+        self,
+        scenes: Sequence[Scene],
+        questions_per_image: int,
+        rng: random.Random,
+        weights: dict[str, float] | None = None,
+    ):
         """One caption and ``questions_per_image`` questions per scene, right-padded.
 
         Returns ``(input_ids, attention_mask, labels, image_index)``; ``image_index[i]`` is the
@@ -100,7 +112,7 @@ class SequenceBuilder:
         for index, scene in enumerate(scenes):
             rows.append(self.example("", caption(scene)))
             owners.append(index)
-            for qa in pick_questions(scene, questions_per_image, rng):
+            for qa in pick_questions(scene, questions_per_image, rng, weights):
                 rows.append(self.example(vqa_prompt(qa.question), qa.answer))
                 owners.append(index)
         width = max(len(ids) for ids, _ in rows)

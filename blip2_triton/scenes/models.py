@@ -69,7 +69,7 @@ def processor_for(tokenizer, spec: SceneModelSpec):
     )
 
 
-def new_captioner(tokenizer, spec: SceneModelSpec):
+def new_captioner(tokenizer, spec: SceneModelSpec, sharpen_cross_attention: float = 1.0):
     """A fresh ``Blip2ForConditionalGeneration`` (OPT); ``tokenizer`` must already know ``<image>``."""
     from transformers import Blip2Config, Blip2ForConditionalGeneration, OPTConfig
 
@@ -98,6 +98,8 @@ def new_captioner(tokenizer, spec: SceneModelSpec):
     model = Blip2ForConditionalGeneration(config)
     _spread_query_tokens(model)
     _visible_positions(model)
+    if sharpen_cross_attention != 1.0:
+        _sharpen_cross_attention(model, sharpen_cross_attention)
     model.generation_config.max_new_tokens = 30
     return model
 
@@ -113,6 +115,22 @@ def _visible_positions(model, std: float = 0.5) -> None:
 
     with torch.no_grad():
         model.vision_model.embeddings.position_embedding.normal_(0.0, std)
+
+
+def _sharpen_cross_attention(model, factor: float = 5.0) -> None:
+    """Scale the Q-Former's cross-attention query and key weights up at the start.
+
+    At transformers' initial scale the queries attend almost uniformly to the image tokens, and
+    training settles on that: a mean over the tokens carries colours and rough counts but not
+    where anything is (every position is always present). Larger query/key weights give attention
+    that depends on content from the first step, so queries learn to pick objects out.
+    """
+    import torch
+
+    with torch.no_grad():
+        for name, param in model.qformer.named_parameters():
+            if ".crossattention.attention." in name and name.endswith(("query.weight", "key.weight")):
+                param.mul_(factor)
 
 
 def _spread_query_tokens(model) -> None:

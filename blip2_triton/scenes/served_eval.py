@@ -96,10 +96,11 @@ def evaluate_retrieval(client, scenes: Sequence[Scene], size: int, rerank_top: i
     itm_cache: dict[tuple[int, int], float] = {}
 
     def itm(pairs: list[tuple[int, int]]) -> list[float]:
+        """Re-rank score of (image, text) pairs: ITM match probability + ITC cosine, as LAVIS ranks."""
         todo = [p for p in dict.fromkeys(pairs) if p not in itm_cache]
         scores = client.match_batch([(images[i], texts[t]) for i, t in todo], progress=False)
-        for pair, (itm_score, _) in zip(todo, scores, strict=True):
-            itm_cache[pair] = itm_score
+        for pair, (itm_score, itc_score) in zip(todo, scores, strict=True):
+            itm_cache[pair] = itm_score + itc_score
         return [itm_cache[p] for p in pairs]
 
     t2i = itc.T
