@@ -217,11 +217,20 @@ class BackgroundLoop:
     overlap freely.
     """
 
+    # Each request in flight holds one worker thread while it waits for its next BLS response
+    # (python backend 2.51 hands back a blocking iterator): asyncio's default pool (cores + 4
+    # threads) would cap the requests in flight at a handful and starve preprocessing.
+    WAIT_THREADS = 256
+
     def __init__(self, logger: ModelLogger) -> None:
         import threading
+        from concurrent.futures import ThreadPoolExecutor
 
         self.logger = logger
         self.loop = asyncio.new_event_loop()
+        self.loop.set_default_executor(
+            ThreadPoolExecutor(self.WAIT_THREADS, thread_name_prefix="blip2-front")
+        )
         self.thread = threading.Thread(target=self.loop.run_forever, name="blip2-front-loop", daemon=True)
         self.thread.start()
 
