@@ -13,10 +13,10 @@ class TrainConfig:
 
     seed: int = 0
     train_scenes: int = 30_000
-    caption_steps: int = 3000
+    caption_steps: int = 2000
     batch_size: int = 64
     questions_per_image: int = 2
-    position_weight: float = 3.0  # position questions (binding a shape to a place) are the slowest to learn
+    position_weight: float = 1.0  # position questions (binding a shape to a place) are the slowest to learn
     sharpen_cross_attention: float = 1.0  # >1 scales the Q-Former's cross-attention query/key weights
     learning_rate: float = 2e-3
     warmup_steps: int = 150
