@@ -1,8 +1,9 @@
 """The main job end to end: checkpoint → export → tritonserver → captions and answers → stop.
 
-Without ``--model`` it builds a tiny BLIP-2 checkpoint locally (random weights: its text is
-meaningless, but every step is the real one). With ``--model`` (hub id or local folder) it does the
-same with a real checkpoint.
+Without ``--model`` it serves the small BLIP-2 shipped with the package, trained from scratch on
+procedural scenes (``blip2_triton.scenes``), and asks it about held-out scenes it never saw, saying
+how many answers were right. With ``--model`` (hub id or local folder) it captions and questions
+the shipped sample images with that checkpoint.
 """
 
 from __future__ import annotations
@@ -27,14 +28,12 @@ def run_demo(model: str | None, work_dir: Path, dtype: str = "fp32", device: str
 
     started = time.monotonic()
     work_dir = work_dir.resolve()
-    if model is None:
-        from blip2_triton.fixtures.tiny_checkpoints import build_tiny_checkpoint
+    scenes = model is None
+    if scenes:
+        from blip2_triton.scenes.demo import demo_model
 
-        checkpoint = work_dir / "tiny_checkpoint"
-        shutil.rmtree(checkpoint, ignore_errors=True)
-        _say("== building a tiny BLIP-2 (OPT) checkpoint locally")
-        _say("   NOTE: its weights are RANDOM, so the text below is meaningless; the pipeline is real.")
-        model = str(build_tiny_checkpoint(checkpoint, "opt"))
+        model = str(demo_model())
+        _say("== the shipped scene checkpoint: a small BLIP-2 (OPT) trained from scratch on generated scenes")
     repository = work_dir / "model_repository"
     shutil.rmtree(repository, ignore_errors=True)
     _say(f"== exporting {model} to {repository}")
@@ -52,23 +51,11 @@ def run_demo(model: str | None, work_dir: Path, dtype: str = "fp32", device: str
     )
     server.start()
     try:
-        images = sample_images()
         with Blip2Client(server.grpc_url) as client:
-            _say(
-                f"== captions of {len(images)} sample images (caption_batch: concurrent, batched by the server)"
-            )
-            for path, text in zip(images, client.caption_batch(images, progress=False), strict=True):
-                _say(f"   {path.name:28s} {text!r}")
-            _say("== visual question answering")
-            for path in images[:3]:
-                for question in QUESTIONS[:1]:
-                    _say(f"   {path.name:28s} Q: {question} A: {client.ask(path, question)!r}")
-            _say(f"== a chat about {images[0].name}")
-            chat = client.chat(images[0])
-            for question in QUESTIONS:
-                _say(f"   Q: {question}  A: {chat.ask(question)!r}")
-            _say("== a prompted caption with beam search")
-            _say(f"   {images[1].name:28s} {client.caption(images[1], prompt='a photo of', beam_width=3)!r}")
+            if scenes:
+                _scene_demo(client)
+            else:
+                _sample_demo(client, sample_images())
     finally:
         server.stop()
         _say("== server stopped")
@@ -76,9 +63,34 @@ def run_demo(model: str | None, work_dir: Path, dtype: str = "fp32", device: str
     return 0
 
 
+def _scene_demo(client) -> None:
+    from blip2_triton.scenes.demo import run_scene_demo
+
+    _say("== held-out scenes (never seen in training): served captions and answers")
+    run_scene_demo(client, _say)
+
+
+def _sample_demo(client, images) -> None:
+    _say(f"== captions of {len(images)} sample images (caption_batch: concurrent, batched by the server)")
+    for path, text in zip(images, client.caption_batch(images, progress=False), strict=True):
+        _say(f"   {path.name:28s} {text!r}")
+    _say("== visual question answering")
+    for path in images[:3]:
+        for question in QUESTIONS[:1]:
+            _say(f"   {path.name:28s} Q: {question} A: {client.ask(path, question)!r}")
+    _say(f"== a chat about {images[0].name}")
+    chat = client.chat(images[0])
+    for question in QUESTIONS:
+        _say(f"   Q: {question}  A: {chat.ask(question)!r}")
+    _say("== a prompted caption with beam search")
+    _say(f"   {images[1].name:28s} {client.caption(images[1], prompt='a photo of', beam_width=3)!r}")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The demo's options (shared by ``python -m blip2_triton.demo`` and ``blip2-triton demo``)."""
-    parser.add_argument("--model", help="hub id or local checkpoint folder (default: build a tiny one)")
+    parser.add_argument(
+        "--model", help="hub id or local checkpoint folder (default: the shipped scene checkpoint)"
+    )
     parser.add_argument("--work-dir", default=".work/demo", type=Path)
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
     parser.add_argument("--device", default="cpu")
