@@ -101,11 +101,11 @@ def test_gpu_dockerfile_stages_and_server_flags() -> None:
     assert {"runtime", "export", "repository", "serve-baked", "serve"} <= set(stages)
     assert stages[-1] == "serve", "a plain `docker build` must give the serve image"
     args = {v.split("=")[0]: v.partition("=")[2] for k, v in instructions if k == "ARG"}
-    assert args["TRITON_IMAGE"] == "nvcr.io/nvidia/tritonserver:24.10-py3"
+    assert args["TRITON_IMAGE"] == "nvcr.io/nvidia/tritonserver:26.07-py3"
     assert args["DTYPE"] == "fp16" and args["VISION_BACKEND"] == "onnxruntime" and args["DEVICE"] == "cuda"
     assert "MODEL" in args
     entrypoint = " ".join(v for k, v in instructions if k == "ENTRYPOINT")
-    for flag in ("--model-repository=/models", "--strict-readiness=true", "--exit-on-error=true"):
+    for flag in ('"serve"', "--model-repository=/models", "--host=0.0.0.0", "--allow-http"):
         assert flag in entrypoint
     run_export = [v for k, v in instructions if k == "RUN" and "blip2-triton export" in v]
     assert len(run_export) == 1

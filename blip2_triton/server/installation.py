@@ -23,8 +23,22 @@ STUB_NAME = "triton_python_backend_stub"
 _MARKER = ".blip2-triton-source"
 
 
+SERVER_ROOT_ENV = "BLIP2_TRITONSERVER_ROOT"
+
+
+def installed_server_root() -> Path | None:
+    """``$BLIP2_TRITONSERVER_ROOT``: a full tritonserver install (``/opt/tritonserver`` in the NGC image)."""
+    given = os.environ.get(SERVER_ROOT_ENV)
+    return Path(given) if given else None
+
+
 def tritonserver_root() -> Path:
-    """The ``pytriton/tritonserver`` folder of the installed ``nvidia-pytriton`` wheel."""
+    """``$BLIP2_TRITONSERVER_ROOT``, else the ``pytriton/tritonserver`` folder of the ``nvidia-pytriton`` wheel."""
+    installed = installed_server_root()
+    if installed is not None:
+        if not (installed / "bin" / "tritonserver").is_file():
+            raise TritonNotInstalledError(f"{SERVER_ROOT_ENV}={installed} has no bin/tritonserver")
+        return installed
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.submodule_search_locations:
         raise TritonNotInstalledError(
@@ -84,8 +98,13 @@ def prepare_backend_directory(directory: str | os.PathLike[str] | None = None) -
     Copies ``pytriton/tritonserver/backends/python`` (site-packages is never edited) and the
     ``python_backend_stubs/<major.minor>/triton_python_backend_stub`` into ``directory`` (default:
     ``default_backend_directory()``). Idempotent, and safe when several processes do it at once: the
-    folder is built under a temporary name and renamed into place.
+    folder is built under a temporary name and renamed into place. With ``$BLIP2_TRITONSERVER_ROOT``
+    set, that install's own ``backends/`` folder is used as it is.
     """
+    installed = installed_server_root()
+    if installed is not None:  # a full install: its backends (and stub) are used as they are
+        tritonserver_root()
+        return installed / "backends"
     source = tritonserver_root() / "backends" / "python"
     stub = _stub_source()
     key = _backend_key(source, stub)
