@@ -15,6 +15,7 @@ from . import _tensors
 from .calls import batch_prompts, generation_call
 from .images import ImageLike
 from .options import ClientOptions
+from .retry import RetryPolicy
 from .settings import GenerationSettings
 from .transport import AsyncTransport, Call, Transport
 
@@ -36,9 +37,10 @@ class ClientBase:
         inference_timeout_s: float = 60.0,
         init_timeout_s: float = 30.0,
         max_concurrency: int = 16,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self._options = ClientOptions.create(
-            url, protocol, model_name, inference_timeout_s, init_timeout_s, max_concurrency
+            url, protocol, model_name, inference_timeout_s, init_timeout_s, max_concurrency, retry
         )
         self._transport: Any = self._transport_class(self._options)
         self._family: str | None = None

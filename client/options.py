@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import _tensors
+from .retry import RetryPolicy
 
 __all__ = ["DEFAULT_PORTS", "ClientOptions"]
 
@@ -22,6 +23,7 @@ class ClientOptions:
     inference_timeout_s: float
     init_timeout_s: float
     max_concurrency: int
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
 
     @classmethod
     def create(
@@ -32,6 +34,7 @@ class ClientOptions:
         inference_timeout_s: float,
         init_timeout_s: float,
         max_concurrency: int,
+        retry: RetryPolicy | None = None,
     ) -> ClientOptions:
         """Checked options; ValueError names the first bad one."""
         protocol = _tensors.check_protocol(protocol)
@@ -45,8 +48,16 @@ class ClientOptions:
                 raise ValueError(f"{name} must be finite, got {value!r}")
         if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
             raise ValueError(f"max_concurrency must be a positive int, got {max_concurrency!r}")
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise ValueError(f"retry must be a RetryPolicy, got {retry!r}")
         return cls(
-            url, protocol, model_name, float(inference_timeout_s), float(init_timeout_s), max_concurrency
+            url,
+            protocol,
+            model_name,
+            float(inference_timeout_s),
+            float(init_timeout_s),
+            max_concurrency,
+            retry if retry is not None else RetryPolicy(),
         )
 
 

@@ -6,9 +6,9 @@ with gevent), :class:`AsyncTransport` with its asyncio twin. The clients, their 
 sessions and the image index all send through these two; whatever goes wrong comes out as a
 :class:`~blip2_triton.client.errors.Blip2ClientError`.
 
-What comes later has one place here: streaming responses (a ``stream`` method on each transport,
-over gRPC ``stream_infer``) and retries of UNAVAILABLE with backoff (around ``_send`` and
-:meth:`Transport.submit`).
+Unary calls (``infer``, and ``submit``'s answers) are retried when the server refused them for now
+(UNAVAILABLE, or a model being unloaded), with jittered backoff within the options' ``retry``
+policy (:mod:`~blip2_triton.client.retry`); streams never are.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Any, Generic, TypeVar
 
 from .errors import Blip2ClientError, ServerUnavailableError, translated_errors
 from .options import ClientOptions
+from .retry import is_retryable
 
 __all__ = ["AsyncTransport", "Call", "Pending", "Transport"]
 
@@ -104,11 +105,21 @@ class Pending(Generic[T]):
     def __init__(self, call: Call[T], index: int | None) -> None:
         self._call = call
         self._index = index
+        self._sent = time.monotonic()
+        self.resend: Callable[[Blip2ClientError, float], T] | None = None
 
     def result(self) -> T:
-        """The read answer, or the call's error as a Blip2ClientError with ``.index`` set."""
-        with translated_errors(self._index):
-            return self._call.read(self._wait())
+        """The read answer, or the call's error as a Blip2ClientError with ``.index`` set.
+
+        A refusal for now is retried (blocking) when the transport set ``resend``.
+        """
+        try:
+            with translated_errors(self._index):
+                return self._call.read(self._wait())
+        except Blip2ClientError as error:
+            if self.resend is None or not is_retryable(error):
+                raise
+            return self.resend(error, self._sent)
 
     def _wait(self) -> Any:
         raise NotImplementedError
@@ -180,10 +191,28 @@ class Transport(_TransportBase):
         self._connection = self._connect(asynchronous=False)
 
     def infer(self, call: Call[T], index: int | None = None) -> T:
-        """Send ``call`` and wait for its read answer; errors carry ``index`` when given."""
+        """Send ``call`` and wait for its read answer (retried per the options); errors carry ``index``."""
         self.check_open()
-        with translated_errors(index):
-            return call.read(self._send(call))
+        return self._infer_retrying(call, index, None, time.monotonic())
+
+    def _infer_retrying(
+        self, call: Call[T], index: int | None, error: Blip2ClientError | None, started: float
+    ) -> T:
+        """Try ``call`` until it is answered or the retry policy gives up (``error``: a first failure)."""
+        tries = 0 if error is None else 1
+        while True:
+            if error is not None:
+                wait = self.options.retry.next_wait(error, tries, started)
+                if wait is None:
+                    raise error
+                time.sleep(wait)
+                self.check_open()
+            tries += 1
+            try:
+                with translated_errors(index):
+                    return call.read(self._send(call))
+            except Blip2ClientError as failure:
+                error = failure
 
     def _send(self, call: Call) -> Any:
         timeout = self._timeout(self.options.inference_timeout_s)
@@ -195,8 +224,12 @@ class Transport(_TransportBase):
         with translated_errors(index):
             if self.protocol == "grpc":
                 timeout = self._timeout(self.options.inference_timeout_s)
-                return _GrpcPending(self._connection, call, index, timeout)
-            return _HttpPending(self._connection, call, index)
+                pending: Pending[T] = _GrpcPending(self._connection, call, index, timeout)
+            else:
+                pending = _HttpPending(self._connection, call, index)
+        if self.options.retry.attempts > 1:
+            pending.resend = lambda error, started: self._infer_retrying(call, index, error, started)
+        return pending
 
     def model_config(self, model: str) -> Mapping[str, Any]:
         """The config of ``model`` as JSON (gRPC: ``{"config": {...}}``, HTTP: the config)."""
@@ -254,10 +287,20 @@ class AsyncTransport(_TransportBase):
         return self._connection
 
     async def infer(self, call: Call[T], index: int | None = None) -> T:
-        """Send ``call`` and await its read answer; errors carry ``index`` when given."""
-        connection = self._connected()
-        with translated_errors(index):
-            return call.read(await self._send(connection, call))
+        """Send ``call`` and await its read answer (retried per the options); errors carry ``index``."""
+        started = time.monotonic()
+        tries = 0
+        while True:
+            connection = self._connected()
+            tries += 1
+            try:
+                with translated_errors(index):
+                    return call.read(await self._send(connection, call))
+            except Blip2ClientError as error:
+                wait = self.options.retry.next_wait(error, tries, started)
+                if wait is None:
+                    raise
+            await asyncio.sleep(wait)
 
     async def _send(self, connection: Any, call: Call) -> Any:
         timeout_s = self.options.inference_timeout_s
