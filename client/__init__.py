@@ -29,6 +29,7 @@ from .errors import (
 from .images import ImageLike, image_bytes
 from .index import ImageHit, ImageIndex, TextHit
 from .prompts import chat_prompt, vqa_prompt
+from .retry import RetryPolicy
 from .settings import GenerationSettings
 from .sync_client import Blip2Client
 
@@ -46,6 +47,7 @@ __all__ = [
     "InvalidImageError",
     "InvalidRequestError",
     "RequestCancelledError",
+    "RetryPolicy",
     "ServerError",
     "ServerUnavailableError",
     "TextHit",
