@@ -52,5 +52,5 @@ def captioned_grid(items: Sequence[tuple[int, str, str]], columns: int = 4, size
 def save_grid(items: Sequence[tuple[int, str, str]], path: str | Path, size: int = 72) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    captioned_grid(items, size=size).save(path, optimize=True)
+    captioned_grid(items, size=size).quantize(colors=128).save(path, optimize=True)
     return path
