@@ -1,4 +1,4 @@
-"""fp32 vs ``--quantize int8`` on the trained scene captioner, in one run, on the same held-out scenes.
+"""fp32 vs ``--quantize int8`` (and ``--dtype bf16``) on the trained scene captioner, in one run, same scenes.
 
 For each variant: export (the int8 one with ``--quantize int8``), serve with a real tritonserver,
 send the same held-out scenes over gRPC (captions and one question of each kind per scene), then
@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-VARIANTS = ("none", "int8")
+VARIANTS = ("none", "int8")  # fp32, --quantize int8; "bf16" (--dtype bf16) on request
+OPTIONS = {"none": {}, "int8": {"quantize": "int8"}, "bf16": {"dtype": "bf16"}}
 ROUNDS = 3
 
 
@@ -58,12 +59,13 @@ def time_llm(llm_folder: Path, method: str, num_query_tokens: int, repeats: int 
 
     from blip2_triton.runtime.quantization import quantize_language_model, weight_bytes
 
-    model = AutoModelForCausalLM.from_pretrained(llm_folder / "language_model").eval()
-    model = quantize_language_model(model, method)
+    dtype = torch.bfloat16 if method == "bf16" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(llm_folder / "language_model", dtype=dtype).eval()
+    model = quantize_language_model(model, "int8" if method == "int8" else "none")
     hidden = model.get_input_embeddings().embedding_dim
     result: dict[str, float] = {"weight_bytes": weight_bytes(model)}
     for batch in (1, 8):
-        embeds = torch.randn(batch, num_query_tokens + 1, hidden)
+        embeds = torch.randn(batch, num_query_tokens + 1, hidden, dtype=dtype)
 
         def run(e=embeds) -> None:
             with torch.inference_mode():
@@ -107,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenes", type=int, default=200)
     parser.add_argument("--work-dir", type=Path, default=ROOT / ".work" / "quantize-scenes")
     parser.add_argument("--output", type=Path, default=ROOT / ".work" / "figures" / "quantize_scenes.json")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="of none, int8, bf16; none first")
     args = parser.parse_args(argv)
+    variants = tuple(args.variants.split(","))
     torch.set_num_threads(2)
     checkpoint = args.checkpoint or captioner_checkpoint()
     size = image_size_of(checkpoint)
@@ -119,14 +123,14 @@ def main(argv: list[str] | None = None) -> int:
         "scenes": args.scenes,
         "variants": {},
     }
-    for method in VARIANTS:
+    for method in variants:
         work = args.work_dir / method
         print(f"== {method}: export, serve, {args.scenes} held-out scenes", flush=True)
-        with served(checkpoint, work, ExportOptions(quantize=method)) as client:
+        with served(checkpoint, work, ExportOptions(**OPTIONS[method])) as client:
             generation = evaluate_generation(client, scenes, size)
         report["variants"][method] = {"generation": generation}
     for _ in range(ROUNDS):  # the variants take turns, so a burst of outside load hits both alike
-        for method in VARIANTS:
+        for method in variants:
             repository = args.work_dir / method / "model_repository"
             (onnx_path,) = repository.glob("blip2_vision/1/model.onnx")
             vision = {"graph_bytes": onnx_path.stat().st_size, **time_vision(onnx_path, size)}
@@ -142,9 +146,10 @@ def main(argv: list[str] | None = None) -> int:
         + [a[3] for a in v["generation"]["predictions"]["answers"]]
         for m, v in report["variants"].items()
     }
-    report["agreement"] = dict(
-        zip(("texts", "tokens"), token_agreement(texts["none"], texts["int8"], tokenizer), strict=True)
-    )
+    report["agreement"] = {
+        m: dict(zip(("texts", "tokens"), token_agreement(texts["none"], texts[m], tokenizer), strict=True))
+        for m in variants
+    }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     print(format_table(report))
@@ -153,17 +158,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def format_table(report: dict) -> str:
-    fp32, int8 = report["variants"]["none"], report["variants"]["int8"]
+    names = list(report["variants"])
+    variants = [report["variants"][m] for m in names]
+    fp32 = variants[0]
 
     def row(label: str, get, fmt: str) -> str:
-        return f"| {label} | {fmt.format(get(fp32))} | {fmt.format(get(int8))} |"
+        return f"| {label} | " + " | ".join(fmt.format(get(v)) for v in variants) + " |"
 
     kinds = [k for k in fp32["generation"]["vqa"] if k != "all"]
     lines = [
         f"{report['date']}, {report['machine']}, {report['scenes']} held-out scenes",
         "",
-        "| measure | fp32 | int8 |",
-        "|---|---|---|",
+        "| measure | " + " | ".join({"none": "fp32"}.get(m, m) for m in names) + " |",
+        "|---" * (len(names) + 1) + "|",
         row("VQA accuracy, all kinds", lambda v: v["generation"]["vqa"]["all"]["accuracy"], "{:.1%}"),
         *[
             row(f"VQA accuracy, {k}", lambda v, k=k: v["generation"]["vqa"][k]["accuracy"], "{:.1%}")
@@ -171,8 +178,12 @@ def format_table(report: dict) -> str:
         ],
         row("caption exact match", lambda v: v["generation"]["caption_exact"], "{:.1%}"),
         row("caption token F1", lambda v: v["generation"]["caption_f1"], "{:.3f}"),
-        f"| texts equal to fp32's | 100% | {report['agreement']['texts']:.1%} |",
-        f"| tokens equal to fp32's | 100% | {report['agreement']['tokens']:.1%} |",
+        "| texts equal to fp32's | "
+        + " | ".join(f"{report['agreement'][m]['texts']:.1%}" for m in names)
+        + " |",
+        "| tokens equal to fp32's | "
+        + " | ".join(f"{report['agreement'][m]['tokens']:.1%}" for m in names)
+        + " |",
         row("LLM weights in memory", lambda v: v["llm"]["weight_bytes"] / 2**20, "{:.2f} MiB"),
         row("vision graph (model.onnx)", lambda v: v["vision"]["graph_bytes"] / 2**20, "{:.2f} MiB"),
         row(
