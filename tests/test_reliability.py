@@ -339,3 +339,29 @@ def test_drain_timeout_cuts_off_and_counts(opt_build, tmp_path: Path) -> None:
         )
     finally:
         served.kill()
+
+
+@pytest.mark.server
+def test_a_crashed_server_leaves_no_stub_behind(tmp_path: Path) -> None:
+    from blip2_triton.server import TritonServer, free_ports
+
+    from .serve_helpers import double_repository
+
+    grpc, http, metrics = free_ports(3)
+    server = TritonServer(
+        double_repository(tmp_path),
+        grpc_port=grpc,
+        http_port=http,
+        metrics_port=metrics,
+        log_file=tmp_path / "server.log",
+    )
+    server.start()
+    try:
+        stubs = stub_processes(server.pid)
+        assert stubs
+        os.kill(server.pid, signal.SIGKILL)  # a crash: tritonserver gets no chance to stop its stubs
+        _wait(lambda: not server.is_alive(), 30, "tritonserver to die")
+        assert any(is_running(s.pid) for s in stubs)  # orphaned, still in the server's group
+    finally:
+        server.stop()
+    assert not any(is_running(s.pid) for s in stubs)

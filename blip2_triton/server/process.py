@@ -55,6 +55,15 @@ def _die_with_parent(parent_pid: int, libc: ctypes.CDLL) -> None:
         os._exit(1)
 
 
+def _group_alive(pgid: int) -> bool:
+    """Whether process group ``pgid`` still has a member."""
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
 def _stub_shm_regions(pgid: int) -> list[Path]:
     """The ``/dev/shm`` files of the Python backend stubs still running in process group ``pgid``."""
     regions = []
@@ -317,33 +326,37 @@ class TritonServer:
         return ServerStartupError(cause, log_tail=log_tail)
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        """SIGINT the server, wait up to ``timeout_s``, then SIGKILL its process group. Idempotent."""
+        """SIGINT the server, wait up to ``timeout_s``, then SIGKILL its process group. Idempotent.
+
+        A server that died by itself (a crash) leaves its stubs running in its process group: they
+        are killed too. The group keeps the server's PID from being reused while it has members.
+        """
         process = self._process
-        if process is None or process.returncode is not None:
+        if process is None:
             return
         pid = process.pid
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGINT)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            # WNOWAIT: leave the exited server a zombie so its PID (= process group) is not reused
-            # before the group is cleaned up below.
-            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
-                break
-            time.sleep(0.05)
-        # A hung server, or backend stubs left behind (a server stopped while loading models exits
-        # without stopping them): kill the group, then remove the stubs' shared-memory regions.
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGINT)
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                # WNOWAIT: leave the exited server a zombie so its PID (= process group) is not
+                # reused before the group is cleaned up below.
+                if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                    break
+                time.sleep(0.05)
+        elif not _group_alive(pid):
+            return
+        # A hung server, or backend stubs left behind (a server stopped while loading models, or
+        # one that crashed, exits without stopping them): kill the group, then remove the stubs'
+        # shared-memory regions.
         regions = _stub_shm_regions(pid)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
         process.wait()
         # SIGKILL is delivered asynchronously: wait (briefly) until the group is empty.
         deadline = time.monotonic() + 5.0
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(pid, 0)
-            except (ProcessLookupError, PermissionError):
-                break
+        while time.monotonic() < deadline and _group_alive(pid):
             time.sleep(0.02)
         for region in regions:
             with contextlib.suppress(OSError):
