@@ -1,8 +1,11 @@
 """Running the real tritonserver (from the ``nvidia-pytriton`` wheel) on a model repository.
 
 ``TritonServer`` is the process; the modules below it each do one job: ``installation`` (where
-the server and our Python-backend stub are), ``environment``, ``ports``, ``log_parsing`` (why a
-start failed) and ``errors``. ``serve_command`` is ``blip2-triton serve``.
+the server and our Python-backend stub are), ``environment``, ``ports``, ``access`` (bind address,
+HTTP, the admin key of the restricted APIs), ``log_parsing`` (why a start failed), ``errors``,
+``process_table`` (stubs and memory from /proc), ``model_graph`` (who calls whom),
+``stub_watchdog`` (reload the model of a dead stub) and ``drain`` (finish accepted work before
+stopping). ``serve_command`` is ``blip2-triton serve``.
 """
 
 from .environment import server_environment

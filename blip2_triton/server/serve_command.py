@@ -37,7 +37,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "serve",
         help="serve a model repository with tritonserver (foreground; Ctrl+C stops)",
         description="Start tritonserver on a model repository, wait until every model is ready, print "
-        "the endpoints, and serve until SIGINT or SIGTERM.",
+        "the endpoints, and serve until SIGINT or SIGTERM; then drain (readiness false, new requests "
+        "refused, accepted ones finish) and stop. A dead Python-backend stub's model is reloaded; if "
+        "that fails, exit 1. See docs/operations.md.",
     )
     parser.add_argument("--model-repository", required=True, type=Path, metavar="DIR")
     parser.add_argument("--grpc-port", type=int, default=8001, metavar="PORT", help="default: %(default)s")
