@@ -91,10 +91,7 @@ def test_four_times_overload_is_refused_fast_and_nothing_hangs(small_queues: Tri
     refused = [(status, seconds) for status, seconds in outcomes if status != "ok"]
     assert answered, "nothing was admitted"
     unavailable = [(status, s) for status, s in refused if status.startswith("StatusCode.UNAVAILABLE")]
-    # The BLS front answers a step's queue refusal as INTERNAL "StepFailedError ... Exceeds maximum
-    # queue size" (it should pass UNAVAILABLE on): counted apart until it does.
-    wrapped = [(status, s) for status, s in refused if "Exceeds maximum queue size" in status]
-    assert {status for status, _ in refused} <= {status for status, _ in unavailable + wrapped}, refused[:3]
+    assert len(unavailable) == len(refused), sorted({status[:160] for status, _ in refused})
     # Refusals are fast: no refused request waited for generation (generous bound for a loaded machine).
     assert max(s for _, s in refused) < max(answered), "a refusal took as long as a generation"
     figures = {
@@ -102,7 +99,6 @@ def test_four_times_overload_is_refused_fast_and_nothing_hangs(small_queues: Tri
         "answered": len(answered),
         "refused": len(refused),
         "refused_unavailable": len(unavailable),
-        "refused_internal_wrapping_queue_full": len(wrapped) - len(unavailable),
         "refusal_latency_s_max": round(max((s for _, s in refused), default=0.0), 3),
         "refusal_latency_s_median": round(float(np.median([s for _, s in refused])), 3) if refused else None,
         "answered_latency_s_median": round(float(np.median(answered)), 2),
