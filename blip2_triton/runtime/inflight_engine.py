@@ -17,9 +17,11 @@ throughout and is spared the incremental decoding), then exactly one of ``on_fin
 from __future__ import annotations
 
 import collections
+import contextlib
 import queue
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -44,6 +46,37 @@ class RequestSink(Protocol):
     def on_error(self, exc: BaseException) -> None: ...
     def on_cancelled(self) -> None: ...
     def is_cancelled(self) -> bool: ...
+
+
+class _GuardedSink:
+    """A sink whose failures stay its own: an exception in a callback is printed (the server log)
+    and swallowed, so one request's broken sink can never stop the engine or its neighbours."""
+
+    def __init__(self, sink: RequestSink) -> None:
+        self._sink = sink
+        self.wants_pieces = getattr(sink, "wants_pieces", True)
+
+    def _call(self, name: str, *args):
+        try:
+            return getattr(self._sink, name)(*args)
+        except Exception:
+            traceback.print_exc()
+            return None
+
+    def on_text(self, piece: str) -> None:
+        self._call("on_text", piece)
+
+    def on_finish(self, text: str) -> None:
+        self._call("on_finish", text)
+
+    def on_error(self, exc: BaseException) -> None:
+        self._call("on_error", exc)
+
+    def on_cancelled(self) -> None:
+        self._call("on_cancelled")
+
+    def is_cancelled(self) -> bool:
+        return bool(self._call("is_cancelled"))
 
 
 @dataclass(frozen=True)
@@ -165,6 +198,7 @@ class InflightEngine:
                 raise EngineOverloadedError(
                     f"{waiting} requests wait for the {self.limits.max_active} generation slots; try again later"
                 )
+            sink = _GuardedSink(sink)
             if beam:
                 self._beams.put((request, sink))
             else:
@@ -245,19 +279,35 @@ class InflightEngine:
         torch = self._torch
         with torch.inference_mode():
             while True:
-                with self._wake:
-                    while not self._stopping and not self._pending and not self._rows:
-                        self._wake.wait(IDLE_WAIT_S)
-                    if self._stopping:
+                try:
+                    if not self._iteration():
                         return
-                    admit = []
-                    while self._pending and len(self._rows) + len(admit) < self.limits.max_active:
-                        admit.append(self._pending.popleft())
-                self._drop_cancelled()
-                if admit:
-                    self._admit(admit)
-                if self._rows:
-                    self._decode_step()
+                except Exception:  # a failing step or callback must never stop the engine
+                    traceback.print_exc()
+                    self._fail_all(RuntimeError("the engine failed a step; see the server log"))
+
+    def _fail_all(self, error: BaseException) -> None:
+        rows, self._rows = self._rows, []
+        for sequence in rows:
+            with contextlib.suppress(Exception):
+                sequence.sink.on_error(error)
+
+    def _iteration(self) -> bool:
+        """One round of the loop: admit, then one decode step. False once the engine stops."""
+        with self._wake:
+            while not self._stopping and not self._pending and not self._rows:
+                self._wake.wait(IDLE_WAIT_S)
+            if self._stopping:
+                return False
+            admit = []
+            while self._pending and len(self._rows) + len(admit) < self.limits.max_active:
+                admit.append(self._pending.popleft())
+        self._drop_cancelled()
+        if admit:
+            self._admit(admit)
+        if self._rows:
+            self._decode_step()
+        return True
 
     def _drop_cancelled(self) -> None:
         for row in reversed(range(len(self._rows))):

@@ -12,6 +12,7 @@ response-cache metrics of ``blip2_vision`` (``nv_cache_num_hits_per_model``,
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 
@@ -63,6 +64,8 @@ class EngineMetrics:
         self.tpot = f["tpot"].Metric(labels=labels, buckets=TPOT_BUCKETS)
         self._engine = engine
         self._seen = {"generated_tokens": 0, "decode_steps": 0, "decoded_rows": 0}
+        self._reported = False
+        self._answered: collections.deque = collections.deque()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="blip2-llm-metrics", daemon=True)
         self._thread.start()
@@ -73,13 +76,29 @@ class EngineMetrics:
             responder.submitted_at = time.monotonic()
 
     def finished(self, responder, *, cancelled: bool = False) -> None:
-        """Record one answered request: its time to first token and time per output token."""
+        """Record one answered request (its time to first token and per output token).
+
+        Only queued here: every metric call is made by the one publishing thread, since the
+        Python backend's metric calls from several threads at once get mixed up (seen: a counter's
+        increment sent to a histogram). Metrics never break serving: a failure is logged once.
+        """
+        start = getattr(responder, "submitted_at", None)
+        self._answered.append(
+            (cancelled, start, responder.first_text_at, responder.finished_at, responder.tokens)
+        )
+
+    def _failed(self, exc: Exception) -> None:
+        if not self._reported:
+            self._reported = True
+            pb_utils.Logger.log_error(
+                f"[blip2_llm metrics] a metric update failed, figures are incomplete: {exc}"
+            )
+
+    def _record(self, cancelled: bool, start, first, last, tokens: int) -> None:
         if cancelled:
             self.cancelled_count.increment(1)
             return
         self.finished_count.increment(1)
-        start = getattr(responder, "submitted_at", None)
-        first, last, tokens = responder.first_text_at, responder.finished_at, responder.tokens
         if start is not None and first is not None:
             self.ttft.observe(max(first - start, 0.0))
         if first is not None and last is not None and tokens > 1:
@@ -87,18 +106,26 @@ class EngineMetrics:
 
     def _poll(self) -> None:
         while not self._stop.wait(POLL_S):
-            stats = self._engine.stats()
-            self.active.set(float(stats.get("active", 0)))
-            self.queued.set(float(stats.get("queued", 0)))
-            for key, metric in (
-                ("generated_tokens", self.tokens),
-                ("decode_steps", self.steps),
-                ("decoded_rows", self.rows),
-            ):
-                value = int(stats.get(key, 0))
-                if value > self._seen[key]:
-                    metric.increment(value - self._seen[key])
-                    self._seen[key] = value
+            try:
+                self._publish(self._engine.stats())
+            except Exception as exc:
+                self._failed(exc)
+
+    def _publish(self, stats: dict) -> None:
+        while self._answered:
+            self._record(*self._answered.popleft())
+        self.active.set(float(stats.get("active", 0)))
+        self.queued.set(float(stats.get("queued", 0)))
+        counters = (
+            ("generated_tokens", self.tokens),
+            ("decode_steps", self.steps),
+            ("decoded_rows", self.rows),
+        )
+        for key, metric in counters:
+            value = int(stats.get(key, 0))
+            if value > self._seen[key]:
+                metric.increment(value - self._seen[key])
+                self._seen[key] = value
 
     def close(self) -> None:
         self._stop.set()
