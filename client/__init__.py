@@ -24,6 +24,7 @@ from .errors import (
     RequestCancelledError,
     ServerError,
     ServerUnavailableError,
+    StreamingNotSupportedError,
     map_triton_error,
 )
 from .images import ImageLike, image_bytes
@@ -50,6 +51,7 @@ __all__ = [
     "RetryPolicy",
     "ServerError",
     "ServerUnavailableError",
+    "StreamingNotSupportedError",
     "TextHit",
     "chat_prompt",
     "image_bytes",

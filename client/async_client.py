@@ -11,7 +11,8 @@ loop.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+import contextlib
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -25,7 +26,6 @@ from .fan_out import fan_out_async
 from .images import ImageLike, image_bytes, image_bytes_async
 from .prompts import llm_family_from_config, vqa_prompt
 from .settings import GenerationSettings, resolve_settings
-from .streaming import stream_async
 from .transport import AsyncTransport, Call
 
 __all__ = ["AsyncBlip2Client"]
@@ -103,30 +103,35 @@ class AsyncBlip2Client(ClientBase):
         image: ImageLike,
         prompt: str | None = None,
         settings: GenerationSettings | None = None,
+        *,
+        timeout_s: float | None = None,
         **generation: Any,
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         """As :meth:`Blip2Client.stream_caption <blip2_triton.client.Blip2Client.stream_caption>`:
-        ``async for piece in client.stream_caption(...)``."""
+        ``async for piece in client.stream_caption(...)``; a cancelled task cancels the request too."""
         resolved = resolve_settings(settings, generation)
-        self._transport.check_open()
         call = self._stream_call(await image_bytes_async(image), prompt, resolved)
-        async for piece in stream_async(self._transport.options, call):
-            yield piece
+        async with contextlib.aclosing(self._transport.stream(call, timeout_s)) as pieces:
+            async for piece in pieces:
+                yield piece
 
     async def stream_ask(
         self,
         image: ImageLike,
         question: str,
         settings: GenerationSettings | None = None,
+        *,
+        timeout_s: float | None = None,
         **generation: Any,
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         """As :meth:`Blip2Client.stream_ask <blip2_triton.client.Blip2Client.stream_ask>`."""
         resolved = resolve_settings(settings, generation)
-        self._transport.check_open()
         prompt = vqa_prompt(await self.llm_family(), question)
-        call = self._stream_call(await image_bytes_async(image), prompt, resolved)
-        async for piece in stream_async(self._transport.options, call):
-            yield piece
+        async with contextlib.aclosing(
+            self.stream_caption(image, prompt, resolved, timeout_s=timeout_s)
+        ) as pieces:
+            async for piece in pieces:
+                yield piece
 
     def chat(self, image: ImageLike) -> AsyncChatSession:
         """A conversation about ``image`` (a plain method: it sends nothing; ``ask`` is awaited)."""

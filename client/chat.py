@@ -7,7 +7,8 @@ the same serialised ``image`` tensor.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import contextlib
+from collections.abc import AsyncGenerator, Generator
 from typing import Any, Protocol
 
 from blip2_triton.runtime.contract import STREAM_MODEL
@@ -16,7 +17,6 @@ from . import _tensors
 from .calls import generation_call
 from .prompts import chat_prompt
 from .settings import GenerationSettings, resolve_settings
-from .streaming import stream_async, stream_blocking
 from .transport import Call
 
 __all__ = ["AsyncChatSession", "ChatSession"]
@@ -85,19 +85,20 @@ class ChatSession(_ChatBase):
         """The answer to ``question``, given the earlier turns; the turn is added to the history.
 
         With ``stream=True``: an iterator of the answer's pieces as they are generated; the turn
-        is added once the iterator is used up.
+        is added once the iterator is used up (leaving early cancels the request, adds nothing).
         """
         resolved = resolve_settings(settings, generation)
         call = self._call(self.prompt_for(question), resolved, stream=stream)
         if stream:
-            return self._record(question, stream_blocking(self._client.transport.options, call))
+            return self._record(question, self._client.transport.stream(call))
         return self._answered(question, self._client.transport.infer(call))
 
-    def _record(self, question: str, pieces: Iterator[str]) -> Iterator[str]:
+    def _record(self, question: str, pieces: Generator[str, None, None]) -> Generator[str, None, None]:
         answer = []
-        for piece in pieces:
-            answer.append(piece)
-            yield piece
+        with contextlib.closing(pieces):  # closing a stream cancels it
+            for piece in pieces:
+                answer.append(piece)
+                yield piece
         self._answered(question, "".join(answer))
 
 
@@ -119,17 +120,18 @@ class AsyncChatSession(_ChatBase):
         """The answer to ``question``, given the earlier turns; the turn is added to the history.
 
         With ``stream=True``: ``async for piece in await session.ask(q, stream=True)``; the turn
-        is added once the pieces are used up.
+        is added once the pieces are used up (leaving early cancels the request, adds nothing).
         """
         resolved = resolve_settings(settings, generation)
         call = self._call(await self.prompt_for(question), resolved, stream=stream)
         if stream:
-            return self._record(question, stream_async(self._client.transport.options, call))
+            return self._record(question, self._client.transport.stream(call))
         return self._answered(question, await self._client.transport.infer(call))
 
-    async def _record(self, question: str, pieces: AsyncIterator[str]) -> AsyncIterator[str]:
+    async def _record(self, question: str, pieces: AsyncGenerator[str, None]) -> AsyncGenerator[str, None]:
         answer = []
-        async for piece in pieces:
-            answer.append(piece)
-            yield piece
+        async with contextlib.aclosing(pieces):  # closing a stream cancels it
+            async for piece in pieces:
+                answer.append(piece)
+                yield piece
         self._answered(question, "".join(answer))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 from blip2_triton.runtime.contract import GENERATION_INPUTS, PUBLIC_MODEL, TensorSpec
@@ -131,7 +132,7 @@ def run_ask(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_stream(pieces) -> None:
+def _print_stream(pieces: Iterable[str]) -> None:
     """Print each piece as it comes (flushed), then the line end."""
     for piece in pieces:
         print(piece, end="", flush=True)

@@ -21,6 +21,7 @@ __all__ = [
     "RequestCancelledError",
     "ServerError",
     "ServerUnavailableError",
+    "StreamingNotSupportedError",
     "map_triton_error",
 ]
 
@@ -66,6 +67,10 @@ class ServerError(Blip2ClientError):
 
 class InvalidImageError(Blip2ClientError):
     """An image could not be read on the client side (a missing file, an unsupported object)."""
+
+
+class StreamingNotSupportedError(Blip2ClientError):
+    """Streaming was asked of a client that speaks HTTP: streams need gRPC."""
 
 
 _GRPC_CODES: dict[str, type[Blip2ClientError]] = {
@@ -117,6 +122,11 @@ def map_triton_error(exc: BaseException) -> Blip2ClientError:
     """
     if isinstance(exc, Blip2ClientError):
         return exc
+    if _is_rpc_error(exc):  # raised as is by tritonclient.grpc.aio's stream_infer
+        code = exc.code()  # type: ignore[attr-defined]
+        status = getattr(code, "name", None) or _normalise_status(code)
+        message = _one_line(exc.details() or code)  # type: ignore[attr-defined]
+        return _status_class(status)(message, status)
     status_method = getattr(exc, "status", None)
     message_method = getattr(exc, "message", None)
     if callable(status_method) and callable(message_method):  # InferenceServerException
@@ -141,6 +151,11 @@ def map_triton_error(exc: BaseException) -> Blip2ClientError:
     return ServerError(f"{type(exc).__name__}: {message}")
 
 
+def _is_rpc_error(exc: BaseException) -> bool:
+    grpc = sys.modules.get("grpc")
+    return grpc is not None and isinstance(exc, grpc.RpcError) and callable(getattr(exc, "code", None))
+
+
 def _is_transport_error(exc: BaseException) -> bool:
     if isinstance(exc, _TRANSPORT_ERRORS):
         return True
@@ -160,7 +175,7 @@ def translated_errors(index: int | None = None) -> Iterator[None]:
     except Exception as exc:
         from tritonclient.utils import InferenceServerException
 
-        if isinstance(exc, InferenceServerException) or _is_transport_error(exc):
+        if isinstance(exc, InferenceServerException) or _is_rpc_error(exc) or _is_transport_error(exc):
             mapped = map_triton_error(exc)
             mapped.index = index
             raise mapped from exc

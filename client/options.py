@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from . import _tensors
 from .retry import RetryPolicy
 
-__all__ = ["DEFAULT_PORTS", "ClientOptions"]
+__all__ = ["DEFAULT_PORTS", "ClientOptions", "seconds"]
 
 DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
 
@@ -41,11 +41,8 @@ class ClientOptions:
         url = _host_port(url, protocol)
         if not isinstance(model_name, str) or not model_name:
             raise ValueError(f"model_name must be a non-empty str, got {model_name!r}")
-        for name, value in (("inference_timeout_s", inference_timeout_s), ("init_timeout_s", init_timeout_s)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
-            if not math.isfinite(value):
-                raise ValueError(f"{name} must be finite, got {value!r}")
+        inference_timeout_s = seconds("inference_timeout_s", inference_timeout_s)
+        init_timeout_s = seconds("init_timeout_s", init_timeout_s)
         if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
             raise ValueError(f"max_concurrency must be a positive int, got {max_concurrency!r}")
         if retry is not None and not isinstance(retry, RetryPolicy):
@@ -54,11 +51,20 @@ class ClientOptions:
             url,
             protocol,
             model_name,
-            float(inference_timeout_s),
-            float(init_timeout_s),
+            inference_timeout_s,
+            init_timeout_s,
             max_concurrency,
             retry if retry is not None else RetryPolicy(),
         )
+
+
+def seconds(name: str, value: object) -> float:
+    """``value`` as a positive, finite number of seconds; ValueError naming ``name`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return float(value)
 
 
 def _host_port(url: str | None, protocol: str) -> str:

@@ -1,23 +1,20 @@
-"""Text as it is generated: the ``blip2_stream`` model over a gRPC stream, blocking and asyncio.
+"""What both transports' streams share: reading ``blip2_stream``'s responses, its errors, its limits.
 
-Each stream gets its own gRPC connection (tritonclient allows one stream per client). The server
-sends one response per new piece of text, then an empty response flagged final. Leaving the
-iteration early (``break``, ``close()``, an exception, a cancelled task) cancels the request on the
-server, which stops generating within one decode step. The client's inference timeout bounds the
-whole stream.
-
-An error on a gRPC stream carries the server's one-line message but no status code: the kind is
-read from the message (our server's refusals for overload, cancellation and internal errors have
-fixed prefixes; anything else is a bad request).
+The server sends one response per new piece of text, then an empty response flagged final
+(``triton_final_response``). An error on a gRPC stream carries the server's one-line message but
+no status code: its kind is read from the message (the server's refusals for overload,
+cancellation and internal errors have fixed prefixes, Triton's queue refusals fixed words;
+anything else is a bad request). The sending itself is
+:meth:`Transport.stream <blip2_triton.client.transport.Transport.stream>` and its asyncio twin.
 """
 
 from __future__ import annotations
 
-import contextlib
-import queue
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Callable
 from typing import Any
+
+from blip2_triton.runtime.errors import QUEUE_REFUSALS, EngineOverloadedError
+from blip2_triton.runtime.errors import RequestCancelledError as ServerCancelled
 
 from .errors import (
     Blip2ClientError,
@@ -26,114 +23,59 @@ from .errors import (
     RequestCancelledError,
     ServerError,
     ServerUnavailableError,
+    StreamingNotSupportedError,
     map_triton_error,
 )
-from .options import ClientOptions
-from .transport import Call
+from .options import ClientOptions, seconds
 
-_KINDS_BY_PREFIX: tuple[tuple[str, type[Blip2ClientError]], ...] = (
-    ("server overloaded:", ServerUnavailableError),
-    ("request cancelled:", RequestCancelledError),
-    ("internal error:", ServerError),
+__all__ = ["check_stream_protocol", "read_stream_response", "stream_error", "stream_timeout_s", "timed_out"]
+
+_FINAL = "triton_final_response"
+
+# (words in the message, the error): first match wins; no match is a bad request.
+_KINDS: tuple[tuple[tuple[str, ...], type[Blip2ClientError]], ...] = (
+    ((EngineOverloadedError.prefix, *QUEUE_REFUSALS), ServerUnavailableError),
+    ((ServerCancelled.prefix,), RequestCancelledError),
+    (("internal error:", "unknown model", "no available versions"), ServerError),
+    (("deadline", "timeout", "timed out"), InferenceTimeoutError),
 )
+
+
+def check_stream_protocol(protocol: str) -> None:
+    """StreamingNotSupportedError unless ``protocol`` is gRPC (the only one the SDK streams over)."""
+    if protocol != "grpc":
+        raise StreamingNotSupportedError(
+            f"streaming needs gRPC; this client speaks {protocol} (Blip2Client(url, protocol='grpc'))"
+        )
+
+
+def stream_timeout_s(options: ClientOptions, timeout_s: float | None) -> float:
+    """The limit of a whole stream: ``timeout_s`` when given (checked), else the inference timeout."""
+    return options.inference_timeout_s if timeout_s is None else seconds("timeout_s", timeout_s)
+
+
+def timed_out(timeout_s: float) -> InferenceTimeoutError:
+    """The error of a stream that did not end within ``timeout_s``."""
+    return InferenceTimeoutError(f"the stream did not end within {timeout_s:g} s")
 
 
 def stream_error(error: BaseException) -> Blip2ClientError:
-    """The SDK error for an error that arrived on a stream (a message without a status code)."""
+    """The SDK error for an error that ended a stream (with a status code, or a message alone)."""
     mapped = map_triton_error(error)
-    if mapped.status is not None or not isinstance(mapped, ServerError):
+    status = getattr(error, "status", None)
+    if not callable(status) or status() is not None:  # not a server's message alone
         return mapped
-    message = str(mapped)
-    for prefix, kind in _KINDS_BY_PREFIX:
-        if message.startswith(prefix):
-            return kind(message)
-    if "timeout" in message.lower() or "deadline" in message.lower():
-        return InferenceTimeoutError(message)
-    return InvalidRequestError(message)
+    lowered = mapped.message.lower()
+    for words, kind in _KINDS:
+        if any(word.lower() in lowered for word in words):
+            return kind(mapped.message)
+    return InvalidRequestError(mapped.message)
 
 
-def _check_grpc(options: ClientOptions) -> None:
-    if options.protocol != "grpc":
-        raise Blip2ClientError("streaming needs the gRPC protocol (Blip2Client(url, protocol='grpc'))")
-
-
-def _final(result: Any) -> bool:
-    return bool(result.get_response().parameters["triton_final_response"].bool_param)
-
-
-def _piece(result: Any, call: Call[str]) -> str | None:
-    return call.read(result) if result.get_response().outputs else None
-
-
-def stream_blocking(options: ClientOptions, call: Call[str]) -> Iterator[str]:
-    """The pieces of text of ``call`` (on the streaming model), as they come."""
-    import tritonclient.grpc as grpcclient
-
-    _check_grpc(options)
-    client = grpcclient.InferenceServerClient(options.url)
-    answers: queue.Queue = queue.Queue()
-    finished = False
-    try:
-        client.start_stream(callback=lambda result, error: answers.put((result, error)))
-        client.async_stream_infer(
-            call.model, call.inputs, outputs=call.outputs, enable_empty_final_response=True
-        )
-        deadline = time.monotonic() + options.inference_timeout_s
-        while not finished:
-            try:
-                result, error = answers.get(timeout=max(deadline - time.monotonic(), 0.0))
-            except queue.Empty:
-                raise InferenceTimeoutError(
-                    f"no end of the stream after {options.inference_timeout_s:g} s"
-                ) from None
-            if error is not None:
-                finished = True
-                raise stream_error(error)
-            finished = _final(result)
-            piece = _piece(result, call)
-            if piece:
-                yield piece
-    except Exception as exc:
-        if isinstance(exc, Blip2ClientError):
-            raise
-        raise map_triton_error(exc) from None
-    finally:
-        with contextlib.suppress(Exception):
-            client.stop_stream(cancel_requests=not finished)
-        with contextlib.suppress(Exception):
-            client.close()
-
-
-async def stream_async(options: ClientOptions, call: Call[str]) -> AsyncIterator[str]:
-    """As :func:`stream_blocking`, with ``tritonclient.grpc.aio``."""
-    import tritonclient.grpc.aio as aio
-
-    _check_grpc(options)
-    client = aio.InferenceServerClient(options.url)
-
-    async def requests():
-        yield {
-            "model_name": call.model,
-            "inputs": call.inputs,
-            "outputs": call.outputs,
-            "enable_empty_final_response": True,
-        }
-
-    try:
-        # the stream's gRPC deadline bounds the whole stream
-        responses = client.stream_infer(requests(), stream_timeout=options.inference_timeout_s)
-        async for result, error in responses:
-            if error is not None:
-                raise stream_error(error)
-            piece = _piece(result, call)
-            if piece:
-                yield piece
-            if _final(result):
-                return
-    except Exception as exc:
-        if isinstance(exc, Blip2ClientError):
-            raise
-        raise map_triton_error(exc) from None
-    finally:
-        with contextlib.suppress(Exception):  # closing the channel cancels a stream left early
-            await client.close()
+def read_stream_response(result: Any, error: Any, read: Callable[[Any], str]) -> tuple[str, bool]:
+    """``(new text, final)`` of one stream response (text ``""`` when it has none); an error raises."""
+    if error is not None:
+        raise stream_error(error)
+    response = result.get_response()
+    final = _FINAL in response.parameters and response.parameters[_FINAL].bool_param
+    return (read(result) if response.outputs else ""), bool(final)

@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -22,7 +22,6 @@ from .fan_out import fan_out
 from .images import ImageLike, image_bytes
 from .prompts import llm_family_from_config, vqa_prompt
 from .settings import GenerationSettings, resolve_settings
-from .streaming import stream_blocking
 from .transport import Call, Transport
 
 __all__ = ["Blip2Client"]
@@ -113,30 +112,33 @@ class Blip2Client(ClientBase):
         image: ImageLike,
         prompt: str | None = None,
         settings: GenerationSettings | None = None,
+        *,
+        timeout_s: float | None = None,
         **generation: Any,
-    ) -> Iterator[str]:
+    ) -> Generator[str, None, None]:
         """:meth:`caption`'s text piece by piece as the server generates it (gRPC, ``blip2_stream``).
 
-        The pieces joined equal :meth:`caption`'s text; leaving the loop early cancels the request.
+        The pieces joined equal :meth:`caption`'s text. Leaving the loop early (``break``,
+        ``close()``) cancels the request on the server. ``timeout_s`` (default: the client's
+        ``inference_timeout_s``) bounds the whole stream. Over HTTP: StreamingNotSupportedError.
         """
         resolved = resolve_settings(settings, generation)
-        self._transport.check_open()
         call = self._stream_call(image_bytes(image), prompt, resolved)
-        return stream_blocking(self._transport.options, call)
+        return self._transport.stream(call, timeout_s)
 
     def stream_ask(
         self,
         image: ImageLike,
         question: str,
         settings: GenerationSettings | None = None,
+        *,
+        timeout_s: float | None = None,
         **generation: Any,
-    ) -> Iterator[str]:
+    ) -> Generator[str, None, None]:
         """:meth:`ask`'s answer piece by piece as the server generates it (see :meth:`stream_caption`)."""
         resolved = resolve_settings(settings, generation)
-        self._transport.check_open()
         prompt = vqa_prompt(self.llm_family(), question)
-        call = self._stream_call(image_bytes(image), prompt, resolved)
-        return stream_blocking(self._transport.options, call)
+        return self.stream_caption(image, prompt, resolved, timeout_s=timeout_s)
 
     def chat(self, image: ImageLike) -> ChatSession:
         """A conversation about ``image``: each question sees the earlier questions and answers."""

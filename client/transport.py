@@ -9,6 +9,9 @@ sessions and the image index all send through these two; whatever goes wrong com
 Unary calls (``infer``, and ``submit``'s answers) are retried when the server refused them for now
 (UNAVAILABLE, or a model being unloaded), with jittered backoff within the options' ``retry``
 policy (:mod:`~blip2_triton.client.retry`); streams never are.
+
+``stream`` sends one call to a decoupled model (``blip2_stream``) over a gRPC stream and yields its
+pieces of text as they come; reading the responses is :mod:`~blip2_triton.client.streaming`'s.
 """
 
 from __future__ import annotations
@@ -17,20 +20,29 @@ import asyncio
 import concurrent.futures
 import contextlib
 import importlib
+import queue
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from .errors import Blip2ClientError, ServerUnavailableError, translated_errors
+from .errors import Blip2ClientError, ServerError, ServerUnavailableError, translated_errors
 from .options import ClientOptions
 from .retry import is_retryable
+from .streaming import (
+    check_stream_protocol,
+    read_stream_response,
+    stream_error,
+    stream_timeout_s,
+    timed_out,
+)
 
 __all__ = ["AsyncTransport", "Call", "Pending", "Transport"]
 
 T = TypeVar("T")
 
 _READY_POLL_S = 0.25
+_STREAM_FAILURE_WAIT_S = 1.0  # how long a stream that failed at once may take to say why
 
 
 @dataclass(frozen=True)
@@ -91,6 +103,12 @@ class _TransportBase:
         return ServerUnavailableError(
             f"model '{options.model_name}' at {options.url} ({options.protocol}) not ready after {timeout_s:g} s"
         )
+
+    def _stream_timeout_s(self, timeout_s: float | None) -> float:
+        """Checks before a stream is opened: open, gRPC, a valid limit (default: the inference timeout)."""
+        self.check_open()
+        check_stream_protocol(self.protocol)
+        return stream_timeout_s(self.options, timeout_s)
 
     def _model_config_options(self) -> dict[str, Any]:
         """gRPC answers a protobuf unless asked for JSON; HTTP answers JSON."""
@@ -231,6 +249,53 @@ class Transport(_TransportBase):
             pending.resend = lambda error, started: self._infer_retrying(call, index, error, started)
         return pending
 
+    def stream(self, call: Call[str], timeout_s: float | None = None) -> Generator[str, None, None]:
+        """The pieces of text ``call`` (to a decoupled model) gets, as they come (gRPC only).
+
+        Nothing is sent before the first piece is asked for. Leaving early (``break``, ``close()``,
+        the iterator collected, an error) cancels the request on the server. ``timeout_s``
+        (default: the inference timeout) bounds the whole stream. Never retried.
+        """
+        return self._stream(call, self._stream_timeout_s(timeout_s))
+
+    def _stream(self, call: Call[str], timeout_s: float) -> Generator[str, None, None]:
+        connection = self._connect(asynchronous=False)  # a tritonclient client holds one stream at a time
+        answers: queue.SimpleQueue = queue.SimpleQueue()
+        finished = False
+        try:
+            self._send_on_stream(connection, call, answers)
+            deadline = time.monotonic() + timeout_s
+            while not finished:
+                try:
+                    result, error = answers.get(timeout=max(deadline - time.monotonic(), 0.0))
+                except queue.Empty:
+                    raise timed_out(timeout_s) from None
+                piece, finished = read_stream_response(result, error, call.read)
+                if piece:
+                    yield piece
+        finally:
+            with contextlib.suppress(Exception):
+                connection.stop_stream(cancel_requests=not finished)
+            with contextlib.suppress(Exception):
+                connection.close()
+
+    @staticmethod
+    def _send_on_stream(connection: Any, call: Call[str], answers: queue.SimpleQueue) -> None:
+        """Open the stream and send ``call``; a stream that failed at once raises why (its callback says)."""
+        with translated_errors():
+            connection.start_stream(callback=lambda result, error: answers.put((result, error)))
+        try:
+            with translated_errors():
+                connection.async_stream_infer(
+                    call.model, call.inputs, outputs=call.outputs, enable_empty_final_response=True
+                )
+        except Blip2ClientError as refused:  # "no longer in valid state": the callback has the cause
+            with contextlib.suppress(queue.Empty):
+                _, error = answers.get(timeout=_STREAM_FAILURE_WAIT_S)
+                if error is not None:
+                    raise stream_error(error) from refused
+            raise
+
     def model_config(self, model: str) -> Mapping[str, Any]:
         """The config of ``model`` as JSON (gRPC: ``{"config": {...}}``, HTTP: the config)."""
         self.check_open()
@@ -306,6 +371,45 @@ class AsyncTransport(_TransportBase):
         timeout_s = self.options.inference_timeout_s
         sent = connection.infer(call.model, call.inputs, outputs=call.outputs, **self._timeout(timeout_s))
         return await asyncio.wait_for(sent, timeout_s + 1.0)  # HTTP calls take no deadline of their own
+
+    def stream(self, call: Call[str], timeout_s: float | None = None) -> AsyncGenerator[str, None]:
+        """As :meth:`Transport.stream`, an async iterator: ``async for piece in transport.stream(call)``.
+
+        Leaving early (``break``, ``aclose()``, a cancelled task, an error) cancels the stream's
+        call, and with it the request on the server.
+        """
+        return self._stream(call, self._stream_timeout_s(timeout_s))
+
+    async def _stream(self, call: Call[str], timeout_s: float) -> AsyncGenerator[str, None]:
+        request = {
+            "model_name": call.model,
+            "inputs": call.inputs,
+            "outputs": call.outputs,
+            # tritonclient.grpc.aio 2.51 drops "enable_empty_final_response": ask Triton directly
+            "parameters": {"triton_enable_empty_final_response": True},
+        }
+
+        async def requests() -> AsyncIterator[dict[str, Any]]:
+            yield request
+
+        connection = self._connected()
+        with translated_errors():  # the call's gRPC deadline bounds the whole stream
+            responses = connection.stream_infer(requests(), stream_timeout=timeout_s)
+        finished = False
+        try:
+            while not finished:
+                with translated_errors():
+                    try:
+                        result, error = await responses.__anext__()
+                    except StopAsyncIteration:
+                        raise ServerError("the stream ended without its final response") from None
+                piece, finished = read_stream_response(result, error, call.read)
+                if piece:
+                    yield piece
+        finally:
+            if not finished:
+                with contextlib.suppress(Exception):
+                    responses.cancel()
 
     async def model_config(self, model: str) -> Mapping[str, Any]:
         """The config of ``model`` as JSON (gRPC: ``{"config": {...}}``, HTTP: the config)."""

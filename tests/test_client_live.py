@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from blip2_triton.client import (
     GenerationSettings,
     InvalidRequestError,
     ServerUnavailableError,
+    StreamingNotSupportedError,
     chat_prompt,
     image_bytes,
     vqa_prompt,
@@ -31,6 +33,7 @@ CLI = Path(sys.executable).parent / "blip2-triton"
 PROTOCOLS = ["grpc", "http"]
 INVALID_STATUS = {"grpc": "INVALID_ARGUMENT", "http": "400"}
 QUESTIONS = ("what is in the picture?", "what colour is it?", "is it big?")
+LONG_STREAM = {"max_tokens": 200, "min_tokens": 200}
 
 
 def url_of(server, protocol: str) -> str:
@@ -333,40 +336,140 @@ def test_stream_errors_are_sdk_errors(opt_server):
         pytest.raises(InvalidRequestError, match="not a recognised"),
     ):
         list(client.stream_caption(b"no image at all"))
-    with Blip2Client(opt_server.http_url, protocol="http") as client, pytest.raises(Exception, match="gRPC"):
-        list(client.stream_caption(b"x"))
+    with (
+        Blip2Client(opt_server.http_url, protocol="http") as client,
+        pytest.raises(StreamingNotSupportedError, match="gRPC"),
+    ):
+        client.stream_caption(b"x")
 
 
-def test_leaving_a_stream_early_cancels_it(opt_server, sample_images):
-    """Breaking out of a 200-token stream cancels it on the server (the engine counts it)."""
-    import urllib.request
+def _cancelled_in_the_engine(server) -> float:
+    """``blip2_requests_cancelled_total`` of the engine, from the server's metrics port."""
+    with urllib.request.urlopen(server.metrics_url, timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith("blip2_requests_cancelled_total") and 'model="blip2_llm"' in line:
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
 
+
+def test_every_way_of_leaving_a_stream_cancels_it(opt_server, sample_images):
+    """break, close() and a cancelled asyncio task each cancel a 200-token stream in the engine."""
     image = sample_images[2].read_bytes()
-
-    def cancelled() -> float:
-        with urllib.request.urlopen(opt_server.server.metrics_url, timeout=5) as response:
-            for line in response.read().decode().splitlines():
-                if line.startswith("blip2_requests_cancelled_total") and 'model="blip2_llm"' in line:
-                    return float(line.rsplit(" ", 1)[1])
-        return 0.0
-
-    before = cancelled()
+    before = _cancelled_in_the_engine(opt_server.server)
     with Blip2Client(opt_server.grpc_url) as client:
-        for index, _ in enumerate(client.stream_caption(image, max_tokens=200, min_tokens=200)):
+        for index, _ in enumerate(client.stream_caption(image, **LONG_STREAM)):
             if index == 2:
                 break
+        pieces = client.stream_caption(image, **LONG_STREAM)
+        next(pieces)
+        pieces.close()
         assert client.caption(image, max_tokens=3)  # the server goes on serving
-    deadline = time.monotonic() + 10
-    while cancelled() <= before and time.monotonic() < deadline:
+
+    async def cancel_a_task():
+        async with AsyncBlip2Client(opt_server.grpc_url) as client:
+            first = asyncio.Event()
+
+            async def consume():
+                async for _ in client.stream_caption(image, **LONG_STREAM):
+                    first.set()
+
+            task = asyncio.ensure_future(consume())
+            await first.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return await client.caption(image, max_tokens=3)
+
+    assert asyncio.run(cancel_a_task())
+    deadline = time.monotonic() + 20
+    while _cancelled_in_the_engine(opt_server.server) < before + 3 and time.monotonic() < deadline:
         time.sleep(0.3)
-    assert cancelled() > before
+    assert _cancelled_in_the_engine(opt_server.server) == before + 3
 
 
-def test_cli_ask_stream_prints_the_answer(opt_server, sample_images, reference):
-    path = str(sample_images[0])
-    streamed = run_cli(
-        "ask", path, QUESTIONS[0], "--stream", "--max-tokens", "10", "--url", opt_server.grpc_url
+@pytest.fixture(scope="module")
+def one_slot(tmp_path_factory):
+    """A served OPT export with ONE engine slot, a little slower than the tiny one (6 x 384 wide:
+    200 tokens take long enough to time): a request still running holds the next one back."""
+    from blip2_triton.export.repository import ExportOptions, export_repository
+    from blip2_triton.fixtures.tiny_checkpoints import build_tiny_checkpoint
+
+    from .conftest import start_server
+
+    base = tmp_path_factory.mktemp("one_slot")
+    checkpoint = build_tiny_checkpoint(
+        base / "checkpoint", "opt", image_size=64, llm_hidden=384, llm_layers=6, llm_context=1024
     )
-    unary = run_cli("ask", path, QUESTIONS[0], "--max-tokens", "10", "--url", opt_server.grpc_url)
-    assert streamed.returncode == 0, streamed.stderr
-    assert streamed.stdout == unary.stdout
+    options = ExportOptions(max_batch_size=8, max_active_sequences=1, max_queued_requests=4)
+    export_repository(str(checkpoint), base / "repository", options, quiet=True)
+    server = start_server(base / "repository", base / "server.log")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _timed(work):
+    started = time.monotonic()
+    value = work()
+    return time.monotonic() - started, value
+
+
+def test_breaking_out_of_a_stream_frees_its_slot_at_once(one_slot, sample_images):
+    """One engine slot. A 3-token request sent right after breaking out of a 200-token stream (sync
+    or asyncio) is not held back by it; sent while a 200-token stream runs, it waits (the control).
+    Timings are compared with the 200-token stream's full duration measured here."""
+    image = sample_images[3].read_bytes()
+    with Blip2Client(one_slot.grpc_url) as client:
+        client.caption(image, max_tokens=3)  # warm
+        long_s, pieces = _timed(lambda: list(client.stream_caption(image, **LONG_STREAM)))
+        running = client.stream_caption(image, **LONG_STREAM)
+        first = next(running)
+        held_s, _ = _timed(lambda: client.caption(image, max_tokens=3))
+        assert "".join([first, *running]) == "".join(pieces)  # the control ran to its end
+        for index, _ in enumerate(client.stream_caption(image, **LONG_STREAM)):
+            if index == 2:
+                break
+        sync_s, short = _timed(lambda: client.caption(image, max_tokens=3))
+
+    async def after_an_async_break():
+        async with AsyncBlip2Client(one_slot.grpc_url) as client:
+            count = 0
+            async for _ in client.stream_caption(image, **LONG_STREAM):
+                count += 1
+                if count == 3:
+                    break
+            started = time.monotonic()
+            text = await client.caption(image, max_tokens=3)
+            return time.monotonic() - started, text
+
+    async_s, async_short = asyncio.run(after_an_async_break())
+    print(
+        f"\none slot: 200-token stream {long_s:.2f}s; a 3-token request beside a running one "
+        f"{held_s:.2f}s, right after breaking out of one: sync {sync_s:.2f}s, asyncio {async_s:.2f}s"
+    )
+    assert short == async_short and short
+    assert held_s > long_s / 2  # the control: a stream left running holds the slot
+    assert sync_s < long_s / 3 and async_s < long_s / 3
+
+
+def test_cli_streams_print_text_as_it_comes(opt_server, sample_images):
+    """``ask --stream`` writes the answer in many pieces, the first long before the last; the
+    whole output is the unary command's."""
+    import os
+
+    path = str(sample_images[0])
+    flags = ("--max-tokens", "200", "--min-tokens", "200", "--url", opt_server.grpc_url)
+    command = [str(CLI), "ask", path, QUESTIONS[0], "--stream", *flags]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    reads: list[bytes] = []
+    while chunk := os.read(process.stdout.fileno(), 65536):
+        reads.append(chunk)
+    stderr = process.communicate(timeout=300)[1]
+    assert process.returncode == 0, stderr.decode()
+    unary = run_cli("ask", path, QUESTIONS[0], *flags)
+    assert b"".join(reads).decode() == unary.stdout
+    assert len(reads) >= 3 and len(reads[0]) < len(unary.stdout) / 2, [len(r) for r in reads]
+    caption = run_cli("caption", path, "--stream", "--max-tokens", "12", "--url", opt_server.grpc_url)
+    with Blip2Client(opt_server.grpc_url) as client:
+        assert caption.stdout == client.caption(path, max_tokens=12) + "\n"

@@ -727,3 +727,321 @@ def test_fan_outs_keep_refused_items_in_their_slots():
         assert results[0] == 2 and results[3] == 6
         assert isinstance(results[1], InvalidRequestError) and results[1].index == 1
         assert isinstance(results[2], InvalidImageError) and results[2].index == 2
+
+
+# -- streaming: reading responses, errors, cancelling (tritonclient faked below the transport) -------
+def _stream_result(piece: str | None = None, *, final: bool = False):
+    """A real gRPC ``InferResult`` of ``blip2_stream``: one piece of text, or the empty final one."""
+    from tritonclient.grpc import InferResult, service_pb2
+
+    response = service_pb2.ModelInferResponse(model_name="blip2_stream")
+    if piece is not None:
+        output = response.outputs.add()
+        output.name, output.datatype = "text_output", "BYTES"
+        output.shape.extend([1, 1])
+        payload = serialize_byte_tensor(np.array([[piece.encode()]], dtype=object)).item()
+        response.raw_output_contents.append(payload)
+    if final:
+        response.parameters["triton_final_response"].bool_param = True
+    return InferResult(response)
+
+
+PIECES = ["a", " red", " sun", " — ünï"]
+
+
+def _answers(pieces=PIECES, error=None):
+    """What the server sends: each piece, then the final response (or ``error`` after the pieces)."""
+    sent = [(_stream_result(piece), None) for piece in pieces]
+    return [*sent, (None, error)] if error is not None else [*sent, (_stream_result(final=True), None)]
+
+
+class _FakeStreamConnection:
+    """``tritonclient.grpc.InferenceServerClient`` as a stream uses it; answers from a worker thread."""
+
+    def __init__(self, answers):
+        self.answers, self.stopped, self.closed, self.sent = answers, [], False, []
+
+    def start_stream(self, callback):
+        self.callback = callback
+
+    def async_stream_infer(self, model, inputs, outputs=None, enable_empty_final_response=False):
+        import threading
+
+        self.sent.append((model, enable_empty_final_response))
+        threading.Thread(target=lambda: [self.callback(*answer) for answer in self.answers]).start()
+
+    def stop_stream(self, cancel_requests=False):
+        self.stopped.append(cancel_requests)
+
+    def close(self):
+        self.closed = True
+
+
+class _FakeAsyncResponses:
+    """``tritonclient.grpc.aio``'s stream response iterator: ``__anext__`` and ``cancel``."""
+
+    def __init__(self, answers):
+        self.answers, self.cancelled = list(answers), False
+
+    async def __anext__(self):
+        await asyncio.sleep(0)
+        if not self.answers:
+            await asyncio.sleep(3600)  # a stream that says nothing more
+        return self.answers.pop(0)
+
+    def cancel(self):
+        self.cancelled = True
+
+
+class _FakeAsyncConnection:
+    def __init__(self, answers):
+        self.responses, self.requests = _FakeAsyncResponses(answers), []
+
+    def stream_infer(self, requests, stream_timeout=None):
+        self.requests.append((requests, stream_timeout))
+        return self.responses
+
+
+def _stream_call(protocol: str = "grpc"):
+    from blip2_triton.client.calls import generation_call
+    from blip2_triton.runtime.contract import STREAM_MODEL
+
+    image = _tensors.image_input(protocol, b"img")
+    return generation_call(protocol, STREAM_MODEL, image, None, GenerationSettings())
+
+
+def _sync_transport(monkeypatch, connection, **options):
+    from blip2_triton.client.transport import Transport
+
+    transport = Transport(ClientOptions.create(f"localhost:{closed_port()}", "grpc", "blip2", 60, 5, 4))
+    monkeypatch.setattr(transport, "_connect", lambda asynchronous: connection)
+    return transport
+
+
+def _async_transport(connection):
+    from blip2_triton.client.transport import AsyncTransport
+
+    transport = AsyncTransport(ClientOptions.create(f"localhost:{closed_port()}", "grpc", "blip2", 60, 5, 4))
+    transport._connection = connection
+    return transport
+
+
+def test_stream_pieces_come_whole_and_the_stream_ends_at_the_final_response(monkeypatch):
+    connection = _FakeStreamConnection(_answers())
+    assert list(_sync_transport(monkeypatch, connection).stream(_stream_call())) == PIECES
+    assert connection.sent == [("blip2_stream", True)]
+    assert connection.stopped == [False] and connection.closed  # nothing to cancel
+
+    async def main():
+        connection = _FakeAsyncConnection(_answers())
+        pieces = [piece async for piece in _async_transport(connection).stream(_stream_call(), timeout_s=7)]
+        return pieces, connection
+
+    pieces, connection = asyncio.run(main())
+    assert pieces == PIECES and not connection.responses.cancelled
+    requests, deadline = connection.requests[0]
+    assert deadline == 7.0  # the call's gRPC deadline is the whole stream's
+
+    async def sent():
+        return [request async for request in requests]
+
+    ((request,),) = [asyncio.run(sent())]
+    assert request["model_name"] == "blip2_stream"
+    assert request["parameters"] == {"triton_enable_empty_final_response": True}  # aio drops the keyword
+
+
+def test_leaving_a_stream_early_cancels_it(monkeypatch):
+    connection = _FakeStreamConnection(_answers())
+    for piece in _sync_transport(monkeypatch, connection).stream(_stream_call()):  # noqa: B007
+        break  # the iterator is collected here
+    assert piece == "a" and connection.stopped == [True] and connection.closed
+    connection = _FakeStreamConnection(_answers())
+    pieces = _sync_transport(monkeypatch, connection).stream(_stream_call())
+    next(pieces)
+    pieces.close()
+    assert connection.stopped == [True]
+
+    async def main():
+        broken = _FakeAsyncConnection(_answers())
+        async for _ in _async_transport(broken).stream(_stream_call()):
+            break
+        await asyncio.sleep(0.01)  # the loop closes the abandoned async generator
+        waiting = _FakeAsyncConnection(_answers([]))
+        waiting.responses.answers.clear()  # no piece will ever come: the task waits
+
+        async def consume():
+            return [piece async for piece in _async_transport(waiting).stream(_stream_call())]
+
+        task = asyncio.ensure_future(consume())
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return broken.responses.cancelled, waiting.responses.cancelled
+
+    assert asyncio.run(main()) == (True, True)
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ("unsupported image: not a recognised image format", InvalidRequestError),
+        ("'max_tokens' must be in [1, 512], got 0", InvalidRequestError),
+        ("server overloaded: 64 requests wait for a slot", ServerUnavailableError),
+        ("Exceeds maximum queue size", ServerUnavailableError),
+        ("Request timeout expired", ServerUnavailableError),
+        ("request cancelled: the client cancelled it", RequestCancelledError),
+        ("internal error: RuntimeError: boom", ServerError),
+        ("Request for unknown model: 'blip2_stream' is not found", ServerError),
+        ("Deadline Exceeded", InferenceTimeoutError),
+    ],
+)
+def test_stream_errors_are_read_from_their_message(monkeypatch, message, expected):
+    """A gRPC stream's error has a message and no status code: the message says what it is."""
+    from blip2_triton.client.streaming import stream_error
+
+    assert type(stream_error(InferenceServerException(msg=message))) is expected
+    connection = _FakeStreamConnection(_answers(["a"], InferenceServerException(msg=message)))
+    pieces = _sync_transport(monkeypatch, connection).stream(_stream_call())
+    assert next(pieces) == "a"
+    with pytest.raises(expected) as info:
+        next(pieces)
+    assert info.value.message == message and connection.stopped == [True]
+
+    async def main():
+        answers = _answers([], InferenceServerException(msg=message))
+        return [
+            piece async for piece in _async_transport(_FakeAsyncConnection(answers)).stream(_stream_call())
+        ]
+
+    with pytest.raises(expected):
+        asyncio.run(main())
+
+
+def test_a_stream_status_code_wins_over_its_message():
+    from blip2_triton.client.streaming import stream_error
+
+    error = InferenceServerException(msg="Socket closed", status="StatusCode.UNAVAILABLE")
+    assert type(stream_error(error)) is ServerUnavailableError
+
+
+def test_grpc_aio_errors_are_mapped_by_their_code():
+    """``tritonclient.grpc.aio``'s stream raises grpc's own errors, not InferenceServerException."""
+    import grpc
+
+    for code, expected in (
+        (grpc.StatusCode.DEADLINE_EXCEEDED, InferenceTimeoutError),
+        (grpc.StatusCode.UNAVAILABLE, ServerUnavailableError),
+        (grpc.StatusCode.CANCELLED, RequestCancelledError),
+        (grpc.StatusCode.INTERNAL, ServerError),
+    ):
+        error = grpc.aio.AioRpcError(
+            code, grpc.aio.Metadata(), grpc.aio.Metadata(), details="Deadline\nExceeded"
+        )
+        mapped = map_triton_error(error)
+        assert type(mapped) is expected and mapped.status == code.name
+        assert mapped.message == "Deadline Exceeded"
+        with pytest.raises(expected), translated_errors():
+            raise error
+
+
+def test_a_stream_that_says_nothing_times_out_and_is_cancelled(monkeypatch):
+    connection = _FakeStreamConnection([])
+    pieces = _sync_transport(monkeypatch, connection).stream(_stream_call(), timeout_s=0.2)
+    with pytest.raises(InferenceTimeoutError, match=r"within 0\.2 s"):
+        list(pieces)
+    assert connection.stopped == [True] and connection.closed
+
+
+@pytest.mark.parametrize("timeout_s", [0, -1, float("nan"), float("inf"), True, "5"])
+def test_stream_timeouts_are_checked_before_sending(timeout_s):
+    with Blip2Client(f"localhost:{closed_port()}") as client, pytest.raises(ValueError, match="timeout_s"):
+        client.stream_caption(SAMPLES / "sky_circle.jpg", timeout_s=timeout_s)
+
+
+def test_streaming_over_http_says_it_needs_grpc():
+    from blip2_triton.client import StreamingNotSupportedError
+
+    image = SAMPLES / "sky_circle.jpg"
+    with (
+        Blip2Client(f"localhost:{closed_port()}", protocol="http") as client,
+        pytest.raises(StreamingNotSupportedError, match="streaming needs gRPC"),
+    ):
+        client.stream_caption(image)  # at once, before anything is sent
+
+    async def main():
+        async with AsyncBlip2Client(f"localhost:{closed_port()}", protocol="http") as client:
+            return [piece async for piece in client.stream_caption(image)]
+
+    with pytest.raises(StreamingNotSupportedError, match="streaming needs gRPC"):
+        asyncio.run(main())
+    assert issubclass(StreamingNotSupportedError, Blip2ClientError)
+
+
+def test_stream_from_an_unreachable_server_is_server_unavailable():
+    image = SAMPLES / "sky_circle.jpg"
+    with Blip2Client(f"localhost:{closed_port()}") as client, pytest.raises(ServerUnavailableError):
+        list(client.stream_caption(image))
+
+    async def main():
+        async with AsyncBlip2Client(f"localhost:{closed_port()}") as client:
+            return [piece async for piece in client.stream_caption(image)]
+
+    with pytest.raises(ServerUnavailableError):
+        asyncio.run(main())
+
+
+def _chat_with_stream(monkeypatch, client, answers_of):
+    """Chat sessions of ``client`` whose streams answer ``answers_of(call)`` (family: OPT)."""
+    sent = []
+
+    def stream(call, timeout_s=None):
+        sent.append(call)
+        connection = _FakeStreamConnection(answers_of(call))
+        transport = _sync_transport(monkeypatch, connection)
+        return transport.stream(call)
+
+    async def stream_async(call, timeout_s=None):
+        sent.append(call)
+        async for piece in _async_transport(_FakeAsyncConnection(answers_of(call))).stream(call):
+            yield piece
+
+    async def model_config_async(model):
+        return _family_config("opt")
+
+    monkeypatch.setattr(
+        client.transport, "stream", stream_async if isinstance(client, AsyncBlip2Client) else stream
+    )
+    config = (
+        model_config_async if isinstance(client, AsyncBlip2Client) else (lambda model: _family_config("opt"))
+    )
+    monkeypatch.setattr(client.transport, "model_config", config)
+    return sent
+
+
+def test_chat_stream_records_the_turn_once_the_stream_is_used_up(monkeypatch):
+    with Blip2Client(f"localhost:{closed_port()}") as client:
+        sent = _chat_with_stream(monkeypatch, client, lambda call: _answers())
+        chat = client.chat(SAMPLES / "sky_circle.jpg")
+        pieces = chat.ask("what is it?", stream=True)
+        assert chat.history == ()  # nothing yet: the answer is still coming
+        assert "".join(pieces) == "".join(PIECES)
+        assert chat.history == (("what is it?", "".join(PIECES)),)
+        for _ in chat.ask("and now?", stream=True):
+            break  # left early: cancelled, not recorded
+        assert chat.history == (("what is it?", "".join(PIECES)),)
+        assert [call.model for call in sent] == ["blip2_stream", "blip2_stream"]
+        second_prompt = sent[1].inputs[1]._get_content().decode("utf-8", "replace")
+        assert "".join(PIECES) in second_prompt  # the recorded turn is in the next prompt
+
+    async def main():
+        async with AsyncBlip2Client(f"localhost:{closed_port()}") as client:
+            _chat_with_stream(monkeypatch, client, lambda call: _answers())
+            chat = client.chat(SAMPLES / "sky_circle.jpg")
+            pieces = [piece async for piece in await chat.ask("what is it?", stream=True)]
+            async for _ in await chat.ask("and now?", stream=True):
+                break
+            return pieces, chat.history
+
+    pieces, history = asyncio.run(main())
+    assert pieces == PIECES and history == (("what is it?", "".join(PIECES)),)
