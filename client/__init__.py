@@ -9,9 +9,10 @@
 as coroutines. Every error raised on purpose is a :class:`Blip2ClientError`.
 
 Layout, bottom up: ``_tensors`` (tritonclient tensors), ``calls`` (one request of each kind),
-``transport`` (sends calls: blocking and asyncio), ``fan_out`` (many calls at once, per flavour),
-``client_base`` + ``sync_client`` / ``async_client`` (the public methods), ``chat`` (sessions),
-``index`` (image search, either client), ``command`` / ``index_command`` (the CLI).
+``streaming`` (a stream's pieces, errors and limits), ``transport`` (sends calls and streams:
+blocking and asyncio), ``fan_out`` (many calls at once, per flavour), ``client_base`` +
+``sync_client`` / ``async_client`` (the public methods), ``chat`` (sessions), ``index`` (image
+search, either client), ``command`` / ``index_command`` (the CLI).
 """
 
 from .async_client import AsyncBlip2Client

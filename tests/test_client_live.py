@@ -18,6 +18,7 @@ from blip2_triton.client import (
     AsyncBlip2Client,
     Blip2Client,
     GenerationSettings,
+    InferenceTimeoutError,
     InvalidRequestError,
     ServerUnavailableError,
     StreamingNotSupportedError,
@@ -343,6 +344,22 @@ def test_stream_errors_are_sdk_errors(opt_server):
         client.stream_caption(b"x")
 
 
+def test_a_stream_timeout_bounds_the_whole_stream(opt_server, sample_images):
+    image = sample_images[1].read_bytes()
+    with Blip2Client(opt_server.grpc_url) as client:
+        with pytest.raises(InferenceTimeoutError):
+            list(client.stream_caption(image, timeout_s=0.05, **LONG_STREAM))
+        assert list(client.stream_caption(image, max_tokens=3))
+
+    async def main():
+        async with AsyncBlip2Client(opt_server.grpc_url, inference_timeout_s=0.05) as client:
+            with pytest.raises(InferenceTimeoutError):
+                [piece async for piece in client.stream_ask(image, QUESTIONS[0], **LONG_STREAM)]
+            return [piece async for piece in client.stream_caption(image, timeout_s=60, max_tokens=3)]
+
+    assert asyncio.run(main())
+
+
 def _cancelled_in_the_engine(server) -> float:
     """``blip2_requests_cancelled_total`` of the engine, from the server's metrics port."""
     with urllib.request.urlopen(server.metrics_url, timeout=5) as response:
@@ -384,7 +401,8 @@ def test_every_way_of_leaving_a_stream_cancels_it(opt_server, sample_images):
     deadline = time.monotonic() + 20
     while _cancelled_in_the_engine(opt_server.server) < before + 3 and time.monotonic() < deadline:
         time.sleep(0.3)
-    assert _cancelled_in_the_engine(opt_server.server) == before + 3
+    # at least: a cancellation from an earlier test may be published (every 0.25 s) after `before`
+    assert _cancelled_in_the_engine(opt_server.server) >= before + 3
 
 
 @pytest.fixture(scope="module")
@@ -415,19 +433,24 @@ def _timed(work):
     return time.monotonic() - started, value
 
 
+# Long enough that the slot's holder clearly outlasts a cancellation's way to the engine on a
+# loaded machine (the one-slot model has 1024 positions).
+VERY_LONG_STREAM = {"max_tokens": 500, "min_tokens": 500}
+
+
 def test_breaking_out_of_a_stream_frees_its_slot_at_once(one_slot, sample_images):
-    """One engine slot. A 3-token request sent right after breaking out of a 200-token stream (sync
-    or asyncio) is not held back by it; sent while a 200-token stream runs, it waits (the control).
-    Timings are compared with the 200-token stream's full duration measured here."""
+    """One engine slot. A 3-token request sent right after breaking out of a 500-token stream (sync
+    or asyncio) is not held back by it; sent while a 500-token stream runs, it waits (the control).
+    Timings are compared with the 500-token stream's full duration measured here."""
     image = sample_images[3].read_bytes()
     with Blip2Client(one_slot.grpc_url) as client:
         client.caption(image, max_tokens=3)  # warm
-        long_s, pieces = _timed(lambda: list(client.stream_caption(image, **LONG_STREAM)))
-        running = client.stream_caption(image, **LONG_STREAM)
+        long_s, pieces = _timed(lambda: list(client.stream_caption(image, **VERY_LONG_STREAM)))
+        running = client.stream_caption(image, **VERY_LONG_STREAM)
         first = next(running)
         held_s, _ = _timed(lambda: client.caption(image, max_tokens=3))
         assert "".join([first, *running]) == "".join(pieces)  # the control ran to its end
-        for index, _ in enumerate(client.stream_caption(image, **LONG_STREAM)):
+        for index, _ in enumerate(client.stream_caption(image, **VERY_LONG_STREAM)):
             if index == 2:
                 break
         sync_s, short = _timed(lambda: client.caption(image, max_tokens=3))
@@ -435,7 +458,7 @@ def test_breaking_out_of_a_stream_frees_its_slot_at_once(one_slot, sample_images
     async def after_an_async_break():
         async with AsyncBlip2Client(one_slot.grpc_url) as client:
             count = 0
-            async for _ in client.stream_caption(image, **LONG_STREAM):
+            async for _ in client.stream_caption(image, **VERY_LONG_STREAM):
                 count += 1
                 if count == 3:
                     break
@@ -445,7 +468,7 @@ def test_breaking_out_of_a_stream_frees_its_slot_at_once(one_slot, sample_images
 
     async_s, async_short = asyncio.run(after_an_async_break())
     print(
-        f"\none slot: 200-token stream {long_s:.2f}s; a 3-token request beside a running one "
+        f"\none slot: 500-token stream {long_s:.2f}s; a 3-token request beside a running one "
         f"{held_s:.2f}s, right after breaking out of one: sync {sync_s:.2f}s, asyncio {async_s:.2f}s"
     )
     assert short == async_short and short
