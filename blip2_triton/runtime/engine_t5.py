@@ -31,7 +31,6 @@ class EncoderDecoderEngine(PromptEngine):
     """Flan-T5: encoder over [query embeddings; prompt], decoder generates with ``generate``."""
 
     padding_side = "right"
-    auto_model_class = "AutoModelForSeq2SeqLM"
 
     def _generate_group(self, requests: Sequence[GenerationRequest], all_ids: list[list[int]]) -> list[str]:
         torch = self._torch

@@ -22,7 +22,7 @@ import queue
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -32,8 +32,7 @@ from .engine import GenerationRequest, LlmSettings
 from .engine_factory import ENGINES
 from .errors import EngineOverloadedError, RequestValidationError
 from .prompt_check import PromptChecker, encoder_token_limit
-from .prompt_engine import TORCH_DTYPES, context_length
-from .quantization import quantize_language_model
+from .prompt_engine import context_length, load_language_model
 
 IDLE_WAIT_S = 0.05
 
@@ -111,7 +110,7 @@ class _Stats:
     decoded_rows: int = 0
     prefills: int = 0
     beam_requests: int = 0
-    extra: dict = field(default_factory=dict)
+    beam_busy: int = 0  # the beam worker is generating
 
 
 class InflightEngine:
@@ -160,20 +159,7 @@ class InflightEngine:
         cls, folder: str | Path, device: str = "cpu", limits: EngineLimits | None = None
     ) -> InflightEngine:
         """Load the language model and tokenizer an export wrote into ``folder``."""
-        import torch
-        import transformers
-
-        folder = Path(folder)
-        settings = LlmSettings.load(folder)
-        dtype = getattr(torch, TORCH_DTYPES[settings.dtype])
-        auto_model = (
-            transformers.AutoModelForSeq2SeqLM
-            if settings.family == "t5"
-            else transformers.AutoModelForCausalLM
-        )
-        model = auto_model.from_pretrained(folder / "language_model", dtype=dtype).to(device).eval()
-        model = quantize_language_model(model, settings.quantize)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(folder / "tokenizer")
+        model, tokenizer, settings = load_language_model(folder, device)
         return cls(model, tokenizer, settings, limits or EngineLimits(), device)
 
     # -- the outside -------------------------------------------------------------------------------
@@ -231,12 +217,7 @@ class InflightEngine:
         deadline = None if drain_timeout_s is None else time.monotonic() + drain_timeout_s
         while deadline is None or time.monotonic() < deadline:
             with self._lock:
-                busy = (
-                    len(self._rows)
-                    + len(self._pending)
-                    + self._beams.qsize()
-                    + self._stats.extra.get("beam_busy", 0)
-                )
+                busy = len(self._rows) + len(self._pending) + self._beams.qsize() + self._stats.beam_busy
             if not busy or not self._threads:
                 break
             time.sleep(0.05)
@@ -464,7 +445,7 @@ class InflightEngine:
                 sink.on_cancelled()
                 continue
             with self._lock:
-                self._stats.extra["beam_busy"] = 1
+                self._stats.beam_busy = 1
                 self._stats.beam_requests += 1
             try:
                 (text,) = self.beam_engine.generate([request])
@@ -472,7 +453,7 @@ class InflightEngine:
                 text = exc
             finally:
                 with self._lock:
-                    self._stats.extra["beam_busy"] = 0
+                    self._stats.beam_busy = 0
             if isinstance(text, Exception):
                 sink.on_error(text)
             elif sink.is_cancelled():

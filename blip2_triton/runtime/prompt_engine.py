@@ -29,7 +29,6 @@ class PromptEngine(GenerationEngine):
     """
 
     padding_side = "left"
-    auto_model_class = "AutoModelForCausalLM"
 
     def __init__(self, model, tokenizer, settings: LlmSettings, device: str = "cpu") -> None:
         import torch
@@ -47,16 +46,7 @@ class PromptEngine(GenerationEngine):
     @classmethod
     def from_folder(cls, folder: str | Path, device: str = "cpu") -> PromptEngine:
         """Load the language model and tokenizer an export wrote into ``folder``."""
-        import torch
-        import transformers
-
-        folder = Path(folder)
-        settings = LlmSettings.load(folder)
-        dtype = getattr(torch, TORCH_DTYPES[settings.dtype])
-        auto_model = getattr(transformers, cls.auto_model_class)
-        model = auto_model.from_pretrained(folder / "language_model", dtype=dtype).to(device).eval()
-        model = quantize_language_model(model, settings.quantize)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(folder / "tokenizer")
+        model, tokenizer, settings = load_language_model(folder, device)
         return cls(model, tokenizer, settings, device)
 
     def prompt_ids(self, prompt: str) -> list[int]:
@@ -136,3 +126,22 @@ def context_length(config, settings: LlmSettings) -> int:
     if settings.family == "t5":
         return 0
     return int(getattr(config, "max_position_embeddings", 0) or 0)
+
+
+AUTO_MODEL_CLASSES = {"opt": "AutoModelForCausalLM", "t5": "AutoModelForSeq2SeqLM"}
+
+
+def load_language_model(folder: str | Path, device: str = "cpu"):
+    """``(model, tokenizer, settings)`` an export wrote into ``folder``: the language model in the
+    recorded dtype on ``device`` (quantized when the export asked for it), and its tokenizer."""
+    import torch
+    import transformers
+
+    folder = Path(folder)
+    settings = LlmSettings.load(folder)
+    dtype = getattr(torch, TORCH_DTYPES[settings.dtype])
+    auto_model = getattr(transformers, AUTO_MODEL_CLASSES[settings.family])
+    model = auto_model.from_pretrained(folder / "language_model", dtype=dtype).to(device).eval()
+    model = quantize_language_model(model, settings.quantize)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder / "tokenizer")
+    return model, tokenizer, settings
