@@ -109,12 +109,9 @@ def export(checkpoint: Path, output: Path, options: ExportOptions, log: Path) ->
 @contextlib.contextmanager
 def serving(repository: Path, log: Path) -> Iterator[TritonServer]:
     """A ``TritonServer`` on free ports, stopped on exit; its log tail shown if it fails to start."""
-    from blip2_triton.server import TritonServer, free_ports
+    from blip2_triton.server import TritonServer
 
-    grpc_port, http_port, metrics_port = free_ports(3)
-    server = TritonServer(
-        repository, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port, log_file=log
-    )
+    server = TritonServer.on_free_ports(repository, log_file=log)
     try:
         server.start()
     except Exception as exc:

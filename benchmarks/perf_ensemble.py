@@ -350,7 +350,7 @@ def _describe(client, models: list[str]) -> None:
 def run(args) -> int:
     import tritonclient.grpc as grpcclient
 
-    from blip2_triton.server import TritonServer, free_ports, server_environment
+    from blip2_triton.server import TritonServer, server_environment
 
     env = server_environment()
     binary = perf_analyzer_binary()
@@ -361,14 +361,7 @@ def run(args) -> int:
     with tempfile.TemporaryDirectory(prefix="blip2-perf-") as tmp:
         work = Path(tmp)
         repository = _prepare_repository(args, work)
-        grpc_port, http_port, metrics_port = free_ports(3)
-        server = TritonServer(
-            repository,
-            grpc_port=grpc_port,
-            http_port=http_port,
-            metrics_port=metrics_port,
-            log_file=work / "tritonserver.log",
-        )
+        server = TritonServer.on_free_ports(repository, log_file=work / "tritonserver.log")
         _say(f"== starting tritonserver on {server.grpc_url} (gRPC)")
         started = time.monotonic()
         try:

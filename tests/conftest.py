@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from blip2_triton import fixtures
-from blip2_triton.server import TritonServer, free_ports
+from blip2_triton.server import TritonServer
 
 from .parity import build_relocated_repository
 from .reference import GenerationReference
@@ -37,8 +37,7 @@ class ServedModel:
 
 
 def start_server(repository: Path, log_file: Path) -> TritonServer:
-    grpc, http, metrics = free_ports(3)
-    server = TritonServer(repository, grpc_port=grpc, http_port=http, metrics_port=metrics, log_file=log_file)
+    server = TritonServer.on_free_ports(repository, log_file=log_file)
     server.start()
     return server
 

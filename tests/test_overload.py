@@ -20,7 +20,7 @@ from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from blip2_triton.runtime.contract import PUBLIC_MODEL
-from blip2_triton.server import TritonServer, free_ports
+from blip2_triton.server import TritonServer
 
 from .parity import build_relocated_repository
 from .triton_requests import build_inputs
@@ -42,14 +42,7 @@ def small_queues(tmp_path_factory):
     build = build_relocated_repository(
         base, "opt", max_batch_size=BATCH, max_queue_size=QUEUE, queue_delay_us=1000
     )
-    grpc, http, metrics = free_ports(3)
-    server = TritonServer(
-        build["repository"],
-        grpc_port=grpc,
-        http_port=http,
-        metrics_port=metrics,
-        log_file=base / "server.log",
-    )
+    server = TritonServer.on_free_ports(build["repository"], log_file=base / "server.log")
     server.start()
     try:
         yield server

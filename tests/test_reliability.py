@@ -154,10 +154,11 @@ def served(opt_build, tmp_path) -> ServeProcess:
         process.kill()
 
 
-def _wait(predicate, timeout_s: float, what: str) -> None:
+def _wait(predicate, timeout_s: float, what: str, explain=lambda: "") -> None:
+    """Poll ``predicate`` until true; on timeout fail with ``explain()`` (what was still missing)."""
     deadline = time.monotonic() + timeout_s
     while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}: {explain()}"
         time.sleep(0.05)
 
 
@@ -179,14 +180,25 @@ def test_killed_stub_is_noticed_and_its_model_reloaded(served: ServeProcess, kin
         killed_at = time.monotonic()
         os.kill(victim.pid, signal.SIGKILL)
 
-        def recovered() -> bool:
+        def conditions() -> dict[str, bool]:
             fresh = [s for s in stub_processes(server_pid) if s.model == model and s.pid != victim.pid]
             late = [o for o in load.outcomes if o.started > killed_at and o.error is None]
-            was_unready = any(not m for t, m, _ in probe.samples if t > killed_at)
-            reloaded = "reloaded in" in served.stderr_text()
-            return bool(fresh) and was_unready and reloaded and len(late) >= 4 and probe.samples[-1][2]
+            return {
+                "new stub": bool(fresh),
+                "readiness went false": any(not m for t, m, _ in probe.samples if t > killed_at),
+                "'reloaded in' logged": "reloaded in" in served.stderr_text(),
+                "4 answers after the kill": len(late) >= 4,
+                "server ready now": probe.samples[-1][2],
+            }
 
-        _wait(recovered, 300, f"{model} to serve again")
+        def explain() -> str:
+            errors = sorted({o.error for o in load.outcomes if o.error and o.ended >= killed_at})
+            return (
+                f"{conditions()}; errors since the kill: {errors[:5]}; "
+                f"serve's stderr ends: {served.stderr_text()[-3000:]}"
+            )
+
+        _wait(lambda: all(conditions().values()), 300, f"{model} to serve again", explain)
         time.sleep(1.0)
     finally:
         hung = load.stop()
@@ -343,18 +355,11 @@ def test_drain_timeout_cuts_off_and_counts(opt_build, tmp_path: Path) -> None:
 
 @pytest.mark.server
 def test_a_crashed_server_leaves_no_stub_behind(tmp_path: Path) -> None:
-    from blip2_triton.server import TritonServer, free_ports
+    from blip2_triton.server import TritonServer
 
     from .serve_helpers import double_repository
 
-    grpc, http, metrics = free_ports(3)
-    server = TritonServer(
-        double_repository(tmp_path),
-        grpc_port=grpc,
-        http_port=http,
-        metrics_port=metrics,
-        log_file=tmp_path / "server.log",
-    )
+    server = TritonServer.on_free_ports(double_repository(tmp_path), log_file=tmp_path / "server.log")
     server.start()
     try:
         stubs = stub_processes(server.pid)

@@ -28,7 +28,7 @@ from tritonclient.utils import InferenceServerException
 
 from blip2_triton import fixtures
 from blip2_triton.runtime.contract import PUBLIC_MODEL
-from blip2_triton.server import TritonServer, free_ports
+from blip2_triton.server import TritonServer
 from blip2_triton.server.process_table import children, rss_bytes
 
 from .triton_requests import build_inputs
@@ -117,9 +117,8 @@ def soak_repository(request) -> Path:
 
 @pytest.fixture(scope="module")
 def soak_server(soak_repository, tmp_path_factory):
-    grpc, http, metrics = free_ports(3)
     log = tmp_path_factory.mktemp("soak") / "server.log"
-    server = TritonServer(soak_repository, grpc_port=grpc, http_port=http, metrics_port=metrics, log_file=log)
+    server = TritonServer.on_free_ports(soak_repository, log_file=log)
     server.start()
     try:
         yield server

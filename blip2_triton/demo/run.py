@@ -24,7 +24,7 @@ def run_demo(model: str | None, work_dir: Path, dtype: str = "fp32", device: str
     from blip2_triton.client import Blip2Client
     from blip2_triton.export.repository import ExportOptions, export_repository
     from blip2_triton.fixtures import sample_images
-    from blip2_triton.server import TritonServer, free_ports
+    from blip2_triton.server import TritonServer
 
     started = time.monotonic()
     work_dir = work_dir.resolve()
@@ -38,14 +38,7 @@ def run_demo(model: str | None, work_dir: Path, dtype: str = "fp32", device: str
     shutil.rmtree(repository, ignore_errors=True)
     _say(f"== exporting {model} to {repository}")
     export_repository(model, repository, ExportOptions(dtype=dtype, device=device))
-    grpc, http, metrics = free_ports(3)
-    server = TritonServer(
-        repository,
-        grpc_port=grpc,
-        http_port=http,
-        metrics_port=metrics,
-        log_file=work_dir / "tritonserver.log",
-    )
+    server = TritonServer.on_free_ports(repository, log_file=work_dir / "tritonserver.log")
     _say(
         f"== starting tritonserver (gRPC {server.grpc_url}, HTTP {server.http_url}); log: {work_dir}/tritonserver.log"
     )

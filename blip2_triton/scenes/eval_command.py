@@ -47,19 +47,12 @@ def served(checkpoint: Path, work_dir: Path, options=None):
     """Export ``checkpoint`` into ``work_dir`` and serve it; yields a connected ``Blip2Client``."""
     from blip2_triton.client import Blip2Client
     from blip2_triton.export.repository import export_repository
-    from blip2_triton.server import TritonServer, free_ports
+    from blip2_triton.server import TritonServer
 
     repository = work_dir / "model_repository"
     shutil.rmtree(repository, ignore_errors=True)
     export_repository(str(checkpoint), repository, options, quiet=True)
-    grpc, http, metrics = free_ports(3)
-    server = TritonServer(
-        repository,
-        grpc_port=grpc,
-        http_port=http,
-        metrics_port=metrics,
-        log_file=work_dir / "tritonserver.log",
-    )
+    server = TritonServer.on_free_ports(repository, log_file=work_dir / "tritonserver.log")
     server.start()
     try:
         with Blip2Client(server.grpc_url) as client:

@@ -20,14 +20,14 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .access import AdminKey
 from .environment import server_environment
 from .errors import ModelLoadError, PortInUseError, ServerProcessError, ServerStartupError
 from .installation import STUB_NAME, prepare_backend_directory, tritonserver_root
 from .log_parsing import startup_failure, tail
-from .ports import port_in_use
+from .ports import free_ports, port_in_use
 
 if TYPE_CHECKING:
     from tritonclient.grpc import InferenceServerClient
@@ -132,6 +132,14 @@ class TritonServer:
         self._backend_directory = backend_directory
         self._process: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
+
+    @classmethod
+    def on_free_ports(cls, model_repository: str | os.PathLike[str], **options: Any) -> TritonServer:
+        """A server (not started) whose gRPC, HTTP and metrics ports are free right now."""
+        grpc_port, http_port, metrics_port = free_ports(3)
+        return cls(
+            model_repository, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port, **options
+        )
 
     # -- endpoints ---------------------------------------------------------------------------------
 
