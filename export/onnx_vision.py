@@ -13,17 +13,32 @@ TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 5e-2}
 
 
 def _vision_to_query_module(model: Any):
-    """A module doing what ``Blip2ForConditionalGeneration.generate`` does before the LLM."""
+    """A module doing what ``Blip2ForConditionalGeneration.generate`` does before the LLM.
+
+    A bf16 model's vision stage becomes an fp32 copy: ONNX opset 17 has no bf16 Conv, onnxruntime's
+    CPU provider runs no bf16 graph, and TensorRT builds reduced-precision engines from fp32 graphs.
+    (torch's TorchScript exporter also cannot trace bf16 SDPA.) The language model stays bf16.
+    """
+    import copy
+
     import torch
+
+    vision_model, qformer, language_projection = model.vision_model, model.qformer, model.language_projection
+    query_tokens = model.query_tokens
+    if vision_model.embeddings.patch_embedding.weight.dtype == torch.bfloat16:
+        vision_model, qformer, language_projection = (
+            copy.deepcopy(part).float() for part in (vision_model, qformer, language_projection)
+        )
+        query_tokens = torch.nn.Parameter(query_tokens.detach().float(), requires_grad=False)
 
     class VisionToQuery(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.vision_model = model.vision_model
-            self.qformer = model.qformer
-            self.query_tokens = model.query_tokens
-            self.language_projection = model.language_projection
-            self.dtype_ = model.vision_model.embeddings.patch_embedding.weight.dtype
+            self.vision_model = vision_model
+            self.qformer = qformer
+            self.query_tokens = query_tokens
+            self.language_projection = language_projection
+            self.dtype_ = vision_model.embeddings.patch_embedding.weight.dtype
 
         def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
             image_embeds = self.vision_model(pixel_values.to(self.dtype_), return_dict=True).last_hidden_state

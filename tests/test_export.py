@@ -165,3 +165,29 @@ def test_served_repository_was_moved_and_its_checkpoint_deleted(opt_server, opt_
     image = sample_images[3].read_bytes()
     (outcome,) = infer_concurrently(opt_server.grpc_url, [{"image": image, "prompt": "a photo of"}])
     assert outcome.text == opt_server.reference(image, "a photo of")
+
+
+def test_bf16_export_keeps_the_vision_graph_fp32_and_the_language_model_bf16(small_checkpoint, tmp_path):
+    """ONNX opset 17 has no bf16 Conv and onnxruntime's CPU provider runs no bf16 graph: the vision
+    stage of a bf16 export is the bf16 weights in fp32; the language model stays bf16."""
+    import torch
+    from transformers import Blip2ForConditionalGeneration
+
+    output = tmp_path / "bf16"
+    details = export_repository(str(small_checkpoint), output, ExportOptions(dtype="bf16"), quiet=True)
+    assert details["onnx_max_abs_diff"] < 1e-4
+    graph = onnx.load(str(output / "blip2_vision" / "1" / "model.onnx")).graph
+    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert {i.data_type for i in graph.initializer} <= {onnx.TensorProto.FLOAT, onnx.TensorProto.INT64}
+    manifest = json.loads((output / "manifest.json").read_text())
+    assert manifest["dtype"] == "bf16"
+    language_model = output / "blip2_llm" / "1" / "language_model" / "config.json"
+    assert json.loads(language_model.read_text())["dtype"] == "bfloat16"
+
+    model = Blip2ForConditionalGeneration.from_pretrained(small_checkpoint, dtype=torch.bfloat16).float().eval()
+    pixels = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model.get_image_features(pixels, return_dict=True).pooler_output.numpy()
+    session = ort.InferenceSession(str(output / "blip2_vision" / "1" / "model.onnx"))
+    (actual,) = session.run(None, {"pixel_values": pixels.numpy()})
+    np.testing.assert_allclose(actual, expected, atol=1e-4)
