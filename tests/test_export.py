@@ -184,7 +184,9 @@ def test_bf16_export_keeps_the_vision_graph_fp32_and_the_language_model_bf16(sma
     language_model = output / "blip2_llm" / "1" / "language_model" / "config.json"
     assert json.loads(language_model.read_text())["dtype"] == "bfloat16"
 
-    model = Blip2ForConditionalGeneration.from_pretrained(small_checkpoint, dtype=torch.bfloat16).float().eval()
+    model = (
+        Blip2ForConditionalGeneration.from_pretrained(small_checkpoint, dtype=torch.bfloat16).float().eval()
+    )
     pixels = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = model.get_image_features(pixels, return_dict=True).pooler_output.numpy()
