@@ -197,6 +197,41 @@ def test_a_cancelled_request_frees_its_slot_within_a_step(family_build):
     assert stats["generated_tokens"] < 50  # the cancelled one stopped; it did not run 200 tokens
 
 
+class CancelOnCheck(Sink):
+    """Cancelled from the ``calls``-th time the engine asks (beam search asks once per step)."""
+
+    def __init__(self, calls: int) -> None:
+        super().__init__()
+        self.calls, self.asked = calls, 0
+
+    def is_cancelled(self) -> bool:
+        self.asked += 1
+        return self.asked >= self.calls
+
+
+def test_a_cancelled_beam_search_ends_at_the_next_step(family_build):
+    """A 200-token beam search is asked once per step and stops when cancelled, not after 200."""
+    _, folder, reference = family_build
+    query = reference.query_embeds(_images(1)[0])
+    engine = _engine(folder)
+    settings = parse_settings({"beam_width": 3, "max_tokens": 200, "min_tokens": 200})
+    try:
+        cancelled = CancelOnCheck(calls=6)
+        engine.submit(GenerationRequest(query, "", settings), cancelled)
+        assert cancelled.done.wait(120)
+        after = Sink()  # the beam worker is free again and answers the next beam request
+        engine.submit(GenerationRequest(query, "", parse_settings({"beam_width": 2, "max_tokens": 3})), after)
+        assert after.done.wait(120)
+        stats = engine.stats()
+    finally:
+        engine.close(drain_timeout_s=5)
+    assert cancelled.cancelled and cancelled.text is None and cancelled.error is None
+    # asked before it starts, once per step until cancelled, once after: far fewer than 200 steps
+    assert cancelled.asked <= cancelled.calls + 2, cancelled.asked
+    assert after.text is not None
+    assert stats["cancelled"] == 1 and stats["beam_requests"] == 2
+
+
 def test_a_full_queue_refuses_at_once_and_bad_input_is_refused_at_submit(family_build):
     _, folder, reference = family_build
     query = reference.query_embeds(_images(1)[0])

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -44,11 +44,12 @@ class LlmSettings:
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """One request for the LLM stage."""
+    """One request for the LLM stage; ``cancelled`` (if given) is asked between decoding steps."""
 
     query_embeds: np.ndarray  # [num_query_tokens, hidden]
     prompt: str
     settings: GenerationSettings
+    cancelled: Callable[[], bool] | None = field(default=None, compare=False)
 
 
 class GenerationEngine(ABC):

@@ -27,6 +27,7 @@ class DecoderOnlyEngine(PromptEngine):
                 attention_mask=attention_mask,
                 input_ids=input_ids,
                 **generate_kwargs(settings),
+                **self._stopping(requests),
             )
         new_tokens = sequences[:, input_ids.shape[1] :]
         texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)

@@ -42,6 +42,7 @@ class EncoderDecoderEngine(PromptEngine):
                 inputs_embeds=inputs_embeds,
                 attention_mask=attention_mask,
                 **generate_kwargs(settings),
+                **self._stopping(requests),
             )
         texts = self.tokenizer.batch_decode(sequences, skip_special_tokens=True)
         return [text.strip() for text in texts]

@@ -4,7 +4,7 @@ what they mean for transformers ``generate``."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .contract import (
@@ -50,6 +50,25 @@ def generate_kwargs(settings: GenerationSettings) -> dict[str, Any]:
     elif settings.temperature is not None:
         kwargs["do_sample"] = False
     return kwargs
+
+
+def stop_when_cancelled(cancelled: Sequence[Callable[[], bool]]) -> dict[str, Any]:
+    """``generate`` keyword arguments that end a call between two steps once every request in it
+    is cancelled (beam search runs whole ``generate`` calls; this lets a cancel cut one short).
+
+    Empty when no request can be cancelled, so ``generate`` runs exactly as without it.
+    """
+    if not cancelled:
+        return {}
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class WhenCancelled(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            stop = all(is_cancelled() for is_cancelled in cancelled)
+            return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+    return {"stopping_criteria": StoppingCriteriaList([WhenCancelled()])}
 
 
 def _scalar(name: str, value: Any) -> Any:

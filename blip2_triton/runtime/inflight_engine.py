@@ -6,7 +6,7 @@ prefill, or a T5 encoder pass, each a step of its own), then runs ONE decode ste
 active sequence, each at its own position with its own settings, and answers whatever finished.
 A finished or cancelled sequence frees its slot at once; the next request takes it at the next
 step. Beam search (``beam_width`` > 1) runs on a second worker with transformers' ``generate``,
-one request at a time, so it never holds the decode loop.
+one request at a time, so it never holds the decode loop; a cancel ends it at the next beam step.
 
 Callbacks (``RequestSink``) come from the engine's threads only: ``on_text`` once per generated token
 with the newly settled piece of text ("" when none; a sink whose ``wants_pieces`` is false gets ""
@@ -22,7 +22,7 @@ import queue
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -448,7 +448,8 @@ class InflightEngine:
                 self._stats.beam_busy = 1
                 self._stats.beam_requests += 1
             try:
-                (text,) = self.beam_engine.generate([request])
+                # Asked between beam steps: a cancel ends the generate call at the next step.
+                (text,) = self.beam_engine.generate([replace(request, cancelled=sink.is_cancelled)])
             except Exception as exc:
                 text = exc
             finally:
@@ -457,6 +458,8 @@ class InflightEngine:
             if isinstance(text, Exception):
                 sink.on_error(text)
             elif sink.is_cancelled():
+                with self._lock:
+                    self._stats.cancelled += 1
                 sink.on_cancelled()
             else:
                 if text:

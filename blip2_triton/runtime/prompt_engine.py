@@ -11,7 +11,7 @@ import numpy as np
 from .contract import GenerationSettings
 from .engine import GenerationEngine, GenerationRequest, LlmSettings
 from .errors import RequestValidationError
-from .generation import batch_key, runs_alone
+from .generation import batch_key, runs_alone, stop_when_cancelled
 from .prompt_check import PromptChecker
 from .quantization import quantize_language_model
 
@@ -107,6 +107,12 @@ class PromptEngine(GenerationEngine):
         image_mask = (input_ids == self.settings.image_token_id).unsqueeze(-1)
         inputs_embeds = inputs_embeds.masked_scatter(image_mask, query)
         return input_ids, attention_mask, inputs_embeds
+
+    @staticmethod
+    def _stopping(requests: Sequence[GenerationRequest]) -> dict:
+        """``generate`` keyword arguments that end the call once all ``requests`` are cancelled."""
+        checks = [r.cancelled for r in requests if r.cancelled is not None]
+        return stop_when_cancelled(checks) if len(checks) == len(requests) else {}
 
     def _seed(self, settings: GenerationSettings) -> None:
         """Seed torch the way the reference does, for a seeded sampling request (which runs alone)."""
