@@ -160,6 +160,6 @@ def train_retriever(spec: SceneModelSpec, config: TrainConfig, data: SceneSet, c
             recent = sum(losses[-100:]) / len(losses[-100:])
             log(
                 f"retriever {step:5d}/{config.retrieval_steps} loss {recent:.4f} "
-                f"(itc {float(itc):.3f} itm {float(itm):.3f}; {time.monotonic() - started:.0f}s)"
+                f"(itc {float(itc.detach()):.3f} itm {float(itm.detach()):.3f}; {time.monotonic() - started:.0f}s)"
             )
     return model.eval(), processor, losses

@@ -13,7 +13,7 @@ class TrainConfig:
 
     seed: int = 0
     train_scenes: int = 30_000
-    caption_steps: int = 2000
+    caption_steps: int = 8000
     batch_size: int = 64
     questions_per_image: int = 2
     position_weight: float = 1.0  # position questions (binding a shape to a place) are the slowest to learn
@@ -21,7 +21,7 @@ class TrainConfig:
     learning_rate: float = 2e-3
     warmup_steps: int = 150
     weight_decay: float = 0.05
-    retrieval_steps: int = 500
+    retrieval_steps: int = 1500
     retrieval_batch_size: int = 64
     retrieval_learning_rate: float = 1e-3
     threads: int = 2
