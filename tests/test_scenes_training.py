@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from blip2_triton.scenes import caption, generate_scene, render_scene
-from blip2_triton.scenes.data import IGNORE, SceneSet, SequenceBuilder, pixel_values
+from blip2_triton.scenes.data import IGNORE, SceneSet, SequenceBuilder, pixel_values, shape_positions
+from blip2_triton.scenes.generator import POSITIONS, SHAPES
+from blip2_triton.scenes.language import POSITION_PHRASES, questions
 from blip2_triton.scenes.metrics import recall_at_k, rerank, token_f1
 from blip2_triton.scenes.models import SceneModelSpec, new_captioner, new_retriever, processor_for
 from blip2_triton.scenes.negatives import altered_caption
@@ -50,6 +52,25 @@ def test_training_sequences_are_the_served_input_ids(opt_processor) -> None:
     assert caption_ids[: SPEC.num_query_tokens + 1] == [
         model.config.image_token_id
     ] * SPEC.num_query_tokens + [model.config.text_config.bos_token_id]
+
+
+def test_position_targets_are_the_answers_to_where_questions() -> None:
+    scenes = [generate_scene(seed) for seed in range(200)]
+    targets = shape_positions(scenes)
+    asked = 0
+    for scene, row in zip(scenes, targets.tolist(), strict=True):
+        answers = {
+            qa.question.removeprefix("where is the ").removesuffix("?"): qa.answer
+            for qa in questions(scene)
+            if qa.kind == "position"
+        }
+        for shape, target in zip(SHAPES, row, strict=True):
+            if shape in answers:
+                asked += 1
+                assert POSITION_PHRASES[list(POSITIONS)[target]] == answers[shape]
+            else:
+                assert target == IGNORE
+    assert asked > 100
 
 
 def test_pixel_values_are_the_image_processor_s(opt_processor) -> None:
@@ -100,3 +121,14 @@ def test_metrics() -> None:
 def test_loss_plot(tmp_path) -> None:
     path = plot_losses({"a": [3.0, 2.0, 1.0, 0.5], "b": [1.0, 0.9]}, tmp_path / "loss.png", "t")
     assert path.stat().st_size > 1000
+
+
+def test_captioned_grid(tmp_path) -> None:
+    from PIL import Image
+
+    from blip2_triton.scenes.figure import TEXT_HEIGHT, TILE, save_grid
+
+    truth = caption(generate_scene(7))
+    path = save_grid([(7, truth, truth), (8, caption(generate_scene(8)), "a red circle")], tmp_path / "g.png")
+    with Image.open(path) as image:
+        assert image.size == (4 * TILE, TILE + TEXT_HEIGHT)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import random
 import time
 
-from .data import SceneSet, SequenceBuilder, pixel_values
+from .data import SceneSet, SequenceBuilder, pixel_values, shape_positions
+from .generator import POSITIONS, SHAPES
 from .models import SceneModelSpec, new_captioner, processor_for
 from .training import BatchOrder, TrainConfig, log, optimizer_for, warmup_cosine
 from .vocab import opt_tokenizer
@@ -17,6 +18,11 @@ def train_captioner(spec: SceneModelSpec, config: TrainConfig, data: SceneSet, e
     Each step: a batch of images through ViT, Q-Former and projection once; each image's query
     embeddings fill the image tokens of its caption and its questions; cross-entropy on the targets.
     That is ``Blip2ForConditionalGeneration.forward``, with the image encoded once per image.
+
+    With ``config.position_aux_weight`` > 0 a linear head (used in training only, not saved) reads
+    each lone shape's position from the mean of the image's query embeddings, and its loss is added
+    for the first ``config.position_aux_steps`` steps: the language-model loss alone never taught the
+    Q-Former to keep where a shape is; once it does, the language model's loss keeps it.
     """
     import torch
     import torch.nn.functional as F
@@ -28,7 +34,10 @@ def train_captioner(spec: SceneModelSpec, config: TrainConfig, data: SceneSet, e
     image_token_id = model.config.image_token_id
     builder = SequenceBuilder(processor.tokenizer, spec.num_query_tokens, image_token_id)
     mean, std = processor.image_processor.image_mean, processor.image_processor.image_std
-    optimizer = optimizer_for(model, config.learning_rate, config.weight_decay)
+    position_head = torch.nn.Linear(spec.llm_hidden, len(SHAPES) * len(POSITIONS))
+    optimizer = optimizer_for(
+        model, config.learning_rate, config.weight_decay, extra=tuple(position_head.parameters())
+    )
     schedule = warmup_cosine(optimizer, config.caption_steps, config.warmup_steps)
     order = BatchOrder(len(data.scenes), rng)
     losses: list[float] = []
@@ -48,6 +57,10 @@ def train_captioner(spec: SceneModelSpec, config: TrainConfig, data: SceneSet, e
         embeds = embeds.masked_scatter(image_slots, features[owner].to(embeds.dtype))
         logits = model.language_model(inputs_embeds=embeds, attention_mask=attention).logits
         loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+        if config.position_aux_weight and step < config.position_aux_steps:
+            guesses = position_head(features.mean(1)).view(-1, len(POSITIONS))
+            targets = shape_positions([data.scenes[i] for i in picked]).flatten()
+            loss = loss + config.position_aux_weight * F.cross_entropy(guesses, targets, ignore_index=-100)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .generator import Scene, generate_scene
+from .generator import POSITIONS, SHAPES, Scene, generate_scene
 from .language import QA, caption, questions
 from .render import render_scene
 from .vocab import vqa_prompt
@@ -66,6 +66,20 @@ def pick_questions(
     if all(c == 1.0 for c in chances):  # uniform: one rng.choice per pick, as before weights existed
         return [rng.choice(by_kind[rng.choice(kinds)]) for _ in range(count)]
     return [rng.choice(by_kind[rng.choices(kinds, chances)[0]]) for _ in range(count)]
+
+
+def shape_positions(scenes: Sequence[Scene]):
+    """[N, len(SHAPES)] long: the index in ``POSITIONS`` of each lone shape, IGNORE elsewhere."""
+    import torch
+
+    names = list(POSITIONS)
+    targets = torch.full((len(scenes), len(SHAPES)), IGNORE, dtype=torch.long)
+    for row, scene in enumerate(scenes):
+        for column, shape in enumerate(SHAPES):
+            position = scene.position_of(shape)
+            if position is not None:
+                targets[row, column] = names.index(position)
+    return targets
 
 
 class SequenceBuilder:

@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--work-dir", type=Path, default=Path(".work/eval-scenes"))
     parser.add_argument("--json", type=Path, help="write the figures here (default: WORK_DIR/eval.json)")
     parser.add_argument("--skip-retrieval", action="store_true")
+    parser.add_argument(
+        "--figure", type=Path, help="also draw the first 12 held-out scenes with their served captions (PNG)"
+    )
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -109,6 +112,13 @@ def run(args: argparse.Namespace) -> int:
     result = json.loads(json.dumps(evaluate(args)))  # str keys throughout, as written
     path = args.json or args.work_dir / "eval.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
+    if args.figure and "generation" in result:
+        from .checkpoints import image_size_of
+        from .figure import save_grid
+
+        captions = result["generation"]["predictions"]["captions"][:12]
+        save_grid(captions, args.figure, image_size_of(Path(result["checkpoint"])))
+        print(f"figure: {args.figure}")
     print(format_table(result))
     print(f"figures: {path}")
     return 0

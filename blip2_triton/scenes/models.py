@@ -27,6 +27,7 @@ class SceneModelSpec:
     vocab_size: int = 256
     embed_dim: int = 64  # retrieval: image_text_hidden_size
     max_positions: int = 256
+    position_std: float = 2.0  # the ViT's position embeddings are drawn at this scale
 
 
 def _vision_config(spec: SceneModelSpec):
@@ -97,19 +98,22 @@ def new_captioner(tokenizer, spec: SceneModelSpec, sharpen_cross_attention: floa
     )
     model = Blip2ForConditionalGeneration(config)
     _spread_query_tokens(model)
-    _visible_positions(model)
+    _visible_positions(model, spec.position_std)
     if sharpen_cross_attention != 1.0:
         _sharpen_cross_attention(model, sharpen_cross_attention)
     model.generation_config.max_new_tokens = 30
     return model
 
 
-def _visible_positions(model, std: float = 0.5) -> None:
-    """Position embeddings of the size of the patch embeddings.
+def _visible_positions(model, std: float) -> None:
+    """Position embeddings drawn at ``std`` (the spec's 2.0), above the patch embeddings' scale.
 
     transformers draws them with std 0.02, some fifty times smaller than a 24-pixel patch's
-    embedding: the ViT then learns where things are very slowly ("where is the star?" stayed at
-    chance for thousands of steps).
+    embedding, and the ViT learns where things are very slowly. Measured with a classifier of each
+    lone shape's position on the mean of the ViT's (or the Q-Former's) tokens, trained end to end
+    from scratch for 500 steps: at std 0.5 it stays at chance (20%), at 2.0 it reaches 67-70%, at
+    4.0 70-77%. A mean over tokens tells where a shape is only when each token mixes what it shows
+    with where it is, and a weak position signal leaves that mix unlearned.
     """
     import torch
 

@@ -1,8 +1,10 @@
-"""Train ``Blip2ForImageTextRetrieval`` (ITC + ITM) over the captioner's trained, frozen ViT.
+"""Train ``Blip2ForImageTextRetrieval`` (ITC + ITM) from the captioner's trained ViT.
 
-As BLIP-2's first stage: the image encoder is frozen and a Q-Former learns image-text contrast
-(ITC) and image-text matching (ITM). The Q-Former's query path starts from the captioner's; its
-text path is new. ITC contrasts each image with the batch's captions plus one altered caption per
+As BLIP-2's first stage, a Q-Former learns image-text contrast (ITC) and image-text matching (ITM)
+over the captioner's image encoder; unlike it, the retriever trains its copy of the ViT too
+(``retrieval_tunes_vision``; 0 keeps it frozen: text->image recall@1 82% instead of 85% on the
+shipped captioner's ViT). The Q-Former's query path starts from the captioner's; its text path is
+new. ITC contrasts each image with the batch's captions plus one altered caption per
 image (one thing changed); ITM sees each true pair, the image with a hard negative caption (the
 altered one, or one mined from ITC scores) and the caption with an ITC-mined negative image.
 """
@@ -109,9 +111,10 @@ def train_retriever(spec: SceneModelSpec, config: TrainConfig, data: SceneSet, c
     shared = {k: v for k, v in captioner.state_dict().items() if k.startswith(SHARED_PREFIXES)}
     missing = model.load_state_dict(shared, strict=False)
     assert not missing.unexpected_keys, missing.unexpected_keys
-    model.vision_model.requires_grad_(False)
+    tune_vision = bool(config.retrieval_tunes_vision)
+    model.vision_model.requires_grad_(tune_vision)
     model.train()
-    model.vision_model.eval()
+    model.vision_model.train(tune_vision)
     log_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
     optimizer = optimizer_for(model, config.retrieval_learning_rate, config.weight_decay, extra=[log_scale])
     schedule = warmup_cosine(optimizer, config.retrieval_steps, config.warmup_steps)
@@ -124,7 +127,7 @@ def train_retriever(spec: SceneModelSpec, config: TrainConfig, data: SceneSet, c
     for step in range(config.retrieval_steps):
         picked = order.next(batch)
         scenes = [data.scenes[i] for i in picked]
-        with torch.no_grad():
+        with torch.set_grad_enabled(tune_vision):
             vision = model.vision_model(pixel_values(data.images[picked], mean, std)).last_hidden_state
         captions = [caption(s) for s in scenes]
         altered = [altered_caption(s, rng) for s in scenes]

@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     args.output.mkdir(parents=True, exist_ok=True)
     captioner.save_pretrained(args.output / "scenes-opt")
     processor.save_pretrained(args.output / "scenes-opt")
-    curves = {"captioner: LM loss": caption_losses}
+    aux = " + position loss" if config.position_aux_weight else ""
+    curves = {f"captioner: LM loss{aux}": caption_losses}
     report = {
         "config": asdict(config),
         "spec": asdict(spec),

@@ -18,12 +18,15 @@ class TrainConfig:
     questions_per_image: int = 2
     position_weight: float = 1.0  # position questions (binding a shape to a place) are the slowest to learn
     sharpen_cross_attention: float = 1.0  # >1 scales the Q-Former's cross-attention query/key weights
+    position_aux_weight: float = 1.0  # auxiliary loss: each lone shape's position from the mean image token
+    position_aux_steps: int = 3000  # ... over the first steps only (then the LM loss alone)
     learning_rate: float = 2e-3
     warmup_steps: int = 150
     weight_decay: float = 0.05
     retrieval_steps: int = 1500
     retrieval_batch_size: int = 64
     retrieval_learning_rate: float = 1e-3
+    retrieval_tunes_vision: int = 1  # 0: the retriever keeps the captioner's ViT frozen (BLIP-2 stage 1)
     threads: int = 2
 
 
