@@ -26,7 +26,9 @@ class TrainConfig:
     retrieval_steps: int = 1500
     retrieval_batch_size: int = 64
     retrieval_learning_rate: float = 1e-3
-    retrieval_tunes_vision: int = 1  # 0: the retriever keeps the captioner's ViT frozen (BLIP-2 stage 1)
+    retrieval_tunes_vision: int = (
+        0  # 1: the retriever trains its copy of the captioner's ViT too (not reproducible)
+    )
     threads: int = 2
 
 
