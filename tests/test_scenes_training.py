@@ -132,3 +132,13 @@ def test_captioned_grid(tmp_path) -> None:
     path = save_grid([(7, truth, truth), (8, caption(generate_scene(8)), "a red circle")], tmp_path / "g.png")
     with Image.open(path) as image:
         assert image.size == (4 * TILE, TILE + TEXT_HEIGHT)
+
+
+def test_train_settings_parse_booleans() -> None:
+    from blip2_triton.scenes.train import _overridden
+    from blip2_triton.scenes.training import TrainConfig
+
+    assert _overridden(TrainConfig(), ["retrieval_tunes_vision=0"]).retrieval_tunes_vision is False
+    assert _overridden(TrainConfig(), ["retrieval_tunes_vision=true"]).retrieval_tunes_vision is True
+    with pytest.raises(SystemExit):
+        _overridden(TrainConfig(), ["retrieval_tunes_vision=yes please"])

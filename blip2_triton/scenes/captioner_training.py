@@ -40,6 +40,7 @@ def train_captioner(spec: SceneModelSpec, config: TrainConfig, data: SceneSet, e
     )
     schedule = warmup_cosine(optimizer, config.caption_steps, config.warmup_steps)
     order = BatchOrder(len(data.scenes), rng)
+    positions = shape_positions(data.scenes) if config.position_aux_weight else None
     losses: list[float] = []
     started = time.monotonic()
     for step in range(config.caption_steps):
@@ -59,7 +60,7 @@ def train_captioner(spec: SceneModelSpec, config: TrainConfig, data: SceneSet, e
         loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
         if config.position_aux_weight and step < config.position_aux_steps:
             guesses = position_head(features.mean(1)).view(-1, len(POSITIONS))
-            targets = shape_positions([data.scenes[i] for i in picked]).flatten()
+            targets = positions[picked].flatten()
             loss = loss + config.position_aux_weight * F.cross_entropy(guesses, targets, ignore_index=-100)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -1,7 +1,7 @@
 """Train ``Blip2ForImageTextRetrieval`` (ITC + ITM) over the captioner's trained, frozen ViT.
 
 As BLIP-2's first stage: the image encoder is frozen and a Q-Former learns image-text contrast
-(ITC) and image-text matching (ITM). ``retrieval_tunes_vision=1`` trains the retriever's copy of the
+(ITC) and image-text matching (ITM). ``retrieval_tunes_vision=true`` trains the retriever's copy of the
 ViT too; two such runs with the same seed differed (text->image recall@1 85% and 78%; frozen: 82%,
 byte-identical when rebuilt), so it is off. The Q-Former's query path starts from the captioner's; its
 text path is new. ITC contrasts each image with the batch's captions plus one altered caption per
@@ -111,7 +111,7 @@ def train_retriever(spec: SceneModelSpec, config: TrainConfig, data: SceneSet, c
     shared = {k: v for k, v in captioner.state_dict().items() if k.startswith(SHARED_PREFIXES)}
     missing = model.load_state_dict(shared, strict=False)
     assert not missing.unexpected_keys, missing.unexpected_keys
-    tune_vision = bool(config.retrieval_tunes_vision)
+    tune_vision = config.retrieval_tunes_vision
     model.vision_model.requires_grad_(tune_vision)
     model.train()
     model.vision_model.train(tune_vision)

@@ -37,8 +37,17 @@ def _overridden(config, overrides: list[str]):
         name, _, value = item.partition("=")
         if name not in names:
             raise SystemExit(f"unknown setting {name!r}; known: {', '.join(sorted(names))}")
-        config = replace(config, **{name: type(getattr(config, name))(value)})
+        config = replace(config, **{name: _parsed(value, type(getattr(config, name)))})
     return config
+
+
+def _parsed(value: str, kind: type):
+    """``value`` as ``kind``; a bool takes true/false/1/0 (``bool("0")`` would be True)."""
+    if kind is not bool:
+        return kind(value)
+    if value.lower() not in ("true", "false", "1", "0"):
+        raise SystemExit(f"expected true or false, got {value!r}")
+    return value.lower() in ("true", "1")
 
 
 def _mean_tail(values: list[float], count: int = 100) -> float:

@@ -26,9 +26,7 @@ class TrainConfig:
     retrieval_steps: int = 1500
     retrieval_batch_size: int = 64
     retrieval_learning_rate: float = 1e-3
-    retrieval_tunes_vision: int = (
-        0  # 1: the retriever trains its copy of the captioner's ViT too (not reproducible)
-    )
+    retrieval_tunes_vision: bool = False  # True: the retriever trains its ViT copy too (not reproducible)
     threads: int = 2
 
 
