@@ -43,7 +43,7 @@ bench: setup ## transformers in process vs the served pipeline, one table (also 
 perf: setup ## perf_analyzer load test of PERF_REPO=<export> (default: a tiny model); flags: PERF_ARGS="..."
 	@$(BIN)/python benchmarks/perf_ensemble.py $(if $(PERF_REPO),--repository "$(PERF_REPO)") $(PERF_ARGS)
 
-train-scenes: setup ## train the scene checkpoints from scratch (~20 min, 2 CPU cores) into blip2_triton/fixtures/checkpoints
+train-scenes: setup ## train the scene checkpoints from scratch (20-27 min, 2 CPU cores) into blip2_triton/fixtures/checkpoints
 	@$(BIN)/python -P -m blip2_triton.scenes.train --cache "$(WORK)/scenes-train.npy"
 
 eval-scenes: setup ## held-out scenes through the served scene checkpoints: caption, VQA, retrieval figures

@@ -1,4 +1,4 @@
-"""Train the scene models from scratch: ``make train-scenes`` (about 20 minutes on 2 CPU cores).
+"""Train the scene models from scratch: ``make train-scenes`` (20-27 minutes on 2 CPU cores).
 
 1. ``Blip2ForConditionalGeneration`` (OPT), end to end (ViT, Q-Former, projection, OPT) on captions
    (empty prompt) and questions (``Question: {q} Answer:``, the SDK's OPT template).

@@ -23,7 +23,7 @@ class TrainConfig:
     learning_rate: float = 2e-3
     warmup_steps: int = 150
     weight_decay: float = 0.05
-    retrieval_steps: int = 1500
+    retrieval_steps: int = 3000
     retrieval_batch_size: int = 64
     retrieval_learning_rate: float = 1e-3
     retrieval_tunes_vision: bool = False  # True: the retriever trains its ViT copy too (not reproducible)
