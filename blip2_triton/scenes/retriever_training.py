@@ -1,12 +1,13 @@
 """Train ``Blip2ForImageTextRetrieval`` (ITC + ITM) over the captioner's trained, frozen ViT.
 
 As BLIP-2's first stage: the image encoder is frozen and a Q-Former learns image-text contrast
-(ITC) and image-text matching (ITM). ``retrieval_tunes_vision=true`` trains the retriever's copy of the
-ViT too; two such 1,500-step runs with the same seed differed (text->image recall@1 85% and 78%;
-frozen: 82%, byte-identical when rebuilt), so it is off. Frozen, 3,000 steps reach 92%. The Q-Former's query path starts from the captioner's; its
-text path is new. ITC contrasts each image with the batch's captions plus one altered caption per
-image (one thing changed); ITM sees each true pair, the image with a hard negative caption (the
-altered one, or one mined from ITC scores) and the caption with an ITC-mined negative image.
+(ITC) and image-text matching (ITM). ``retrieval_tunes_vision=true`` trains the retriever's copy of
+the ViT too; two such 1,500-step runs with the same seed differed (text->image recall@1 85% and
+78%; frozen: 82%, byte-identical when rebuilt), so it is off. Frozen, 3,000 steps reach 92%. The
+Q-Former's query path starts from the captioner's; its text path is new. ITC contrasts each image
+with the batch's captions plus one altered caption per image (one thing changed); ITM sees each
+true pair, the image with a hard negative caption (the altered one, or one mined from ITC scores)
+and the caption with an ITC-mined negative image.
 """
 
 from __future__ import annotations
