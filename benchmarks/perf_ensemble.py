@@ -40,8 +40,8 @@ from blip2_triton.fixtures import samples_dir
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_IMAGE = samples_dir() / "sky_circle.jpg"
 ENSEMBLE = "blip2"
-STEPS = ("blip2_preprocess", "blip2_vision", "blip2_llm")
-SHORT = {"blip2_preprocess": "pre", "blip2_vision": "vis", "blip2_llm": "llm"}
+STEPS = ("blip2_preprocess", "blip2_vision", "blip2_stream")
+SHORT = {"blip2_preprocess": "pre", "blip2_vision": "vis", "blip2_stream": "llm"}
 UNSTABLE_MARK = "Failed to obtain stable measurement"
 
 

@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             repository = args.work_dir / method / "model_repository"
             (onnx_path,) = repository.glob("blip2_vision/1/model.onnx")
             vision = {"graph_bytes": onnx_path.stat().st_size, **time_vision(onnx_path, size)}
-            llm = time_llm(repository / "blip2_llm" / "1", method, config["num_query_tokens"])
+            llm = time_llm(repository / "blip2_stream" / "1", method, config["num_query_tokens"])
             variant = report["variants"][method]
             for key, fresh in (("vision", vision), ("llm", llm)):
                 kept = variant.setdefault(key, fresh)

@@ -17,14 +17,13 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from blip2_triton.runtime.contract import LLM_MODEL
-
 from . import calls
 from .chat import AsyncChatSession
 from .client_base import ClientBase
+from .errors import Blip2ClientError
 from .fan_out import fan_out_async
 from .images import ImageLike, image_bytes, image_bytes_async
-from .prompts import llm_family_from_config, vqa_prompt
+from .prompts import FAMILY_MODELS, llm_family_from_config, names_family, vqa_prompt
 from .settings import GenerationSettings, resolve_settings
 from .transport import AsyncTransport, Call
 
@@ -49,7 +48,12 @@ class AsyncBlip2Client(ClientBase):
         """The server's language-model family (``"opt"`` or ``"t5"``), read once from its config."""
         async with self._family_lock:
             if self._family is None:
-                self._family = llm_family_from_config(await self._transport.model_config(LLM_MODEL))
+                config = await self._transport.model_config(FAMILY_MODELS[0])
+                if not names_family(config):
+                    # a current server whose engine model names no family: the default
+                    with contextlib.suppress(Blip2ClientError):
+                        config = await self._transport.model_config(FAMILY_MODELS[1])
+                self._family = llm_family_from_config(config)
             return self._family
 
     # -- lifecycle ---------------------------------------------------------------------------

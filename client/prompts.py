@@ -1,6 +1,6 @@
 """Prompt templates, by language-model family, in one place.
 
-The family comes from the server: the ``blip2_llm`` model config carries
+The family comes from the server: the engine model's (``blip2_stream``) config carries
 ``parameters { key: "llm_family" value { string_value: "opt" } }`` (or ``"t5"``).
 
 - ``"opt"``: ``Question: {question} Answer:``
@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from blip2_triton.runtime.contract import LLM_MODEL
+from blip2_triton.runtime.contract import ENGINE_MODEL, LEGACY_LLM_MODEL
 
 from .errors import ServerError
 
@@ -26,6 +26,7 @@ __all__ = [
     "chat_prompt",
     "family_from_model_config",
     "llm_family_from_config",
+    "names_family",
     "vqa_prompt",
 ]
 
@@ -56,8 +57,20 @@ def chat_prompt(family: str, history: Sequence[tuple[str, str]], question: str) 
     return " ".join([*turns, vqa_prompt(family, question)])
 
 
+# Where a server names its family: the engine model; servers exported before 2026-12 named it on
+# blip2_llm (asked when the engine model's config has no such parameter).
+FAMILY_MODELS = (ENGINE_MODEL, LEGACY_LLM_MODEL)
+
+
+def names_family(config: Mapping[str, Any]) -> bool:
+    """Whether a model config (gRPC or HTTP JSON) has the ``llm_family`` parameter."""
+    if "config" in config and isinstance(config["config"], Mapping):
+        config = config["config"]
+    return LLM_FAMILY_PARAMETER in (config.get("parameters") or {})
+
+
 def family_from_model_config(config: Mapping[str, Any]) -> str:
-    """The ``llm_family`` parameter of a ``blip2_llm`` config (gRPC or HTTP JSON), default ``"opt"``.
+    """The ``llm_family`` parameter of the engine model's config (gRPC or HTTP JSON), default ``"opt"``.
 
     Takes what ``get_model_config(..., as_json=True)`` returns over gRPC (``{"config": {...}}``) or
     what ``get_model_config`` returns over HTTP (the config itself).
@@ -74,8 +87,10 @@ def family_from_model_config(config: Mapping[str, Any]) -> str:
 
 
 def llm_family_from_config(config: Mapping[str, Any]) -> str:
-    """The family named by a ``blip2_llm`` config, as a client error when this client does not know it."""
+    """The family named by the engine model's config, as a client error when this client does not know it."""
     try:
         return family_from_model_config(config)
     except ValueError as exc:
-        raise ServerError(f"the '{LLM_FAMILY_PARAMETER}' parameter of model '{LLM_MODEL}': {exc}") from None
+        raise ServerError(
+            f"the '{LLM_FAMILY_PARAMETER}' parameter of model '{ENGINE_MODEL}': {exc}"
+        ) from None

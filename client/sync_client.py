@@ -7,20 +7,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Generator, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
 
-from blip2_triton.runtime.contract import LLM_MODEL
-
 from . import calls
 from .chat import ChatSession
 from .client_base import ClientBase
+from .errors import Blip2ClientError
 from .fan_out import fan_out
 from .images import ImageLike, image_bytes
-from .prompts import llm_family_from_config, vqa_prompt
+from .prompts import FAMILY_MODELS, llm_family_from_config, names_family, vqa_prompt
 from .settings import GenerationSettings, resolve_settings
 from .transport import Call, Transport
 
@@ -52,7 +52,12 @@ class Blip2Client(ClientBase):
         """The server's language-model family (``"opt"`` or ``"t5"``), read once from its config."""
         with self._family_lock:
             if self._family is None:
-                self._family = llm_family_from_config(self._transport.model_config(LLM_MODEL))
+                config = self._transport.model_config(FAMILY_MODELS[0])
+                if not names_family(config):
+                    # a current server whose engine model names no family: the default
+                    with contextlib.suppress(Blip2ClientError):
+                        config = self._transport.model_config(FAMILY_MODELS[1])
+                self._family = llm_family_from_config(config)
             return self._family
 
     # -- lifecycle ---------------------------------------------------------------------------

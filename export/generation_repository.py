@@ -17,17 +17,15 @@ from .progress import Progress
 from .quantize import quantize_vision
 from .repository_writer import RepositoryWriter
 
-LLM_INPUTS = (C.TEXT_INPUT, *C.GENERATION_INPUTS)
-
 
 class GenerationRepository(RepositoryWriter[GenerationCheckpoint]):
-    """``blip2`` and ``blip2_stream`` (BLS fronts) -> ``blip2_vision`` -> ``blip2_llm`` (the engine).
+    """``blip2`` (a relay) -> ``blip2_stream`` (checks, preprocesses, the engine) -> ``blip2_vision``.
 
-    ``blip2_preprocess`` stays for callers of the steps; the fronts preprocess themselves.
+    ``blip2_preprocess`` stays for callers of the steps; the engine model preprocesses itself.
     """
 
     architecture = "Blip2ForConditionalGeneration"
-    models = (C.PUBLIC_MODEL, C.STREAM_MODEL, C.PREPROCESS_MODEL, C.VISION_MODEL, C.LLM_MODEL)
+    models = (C.PUBLIC_MODEL, C.STREAM_MODEL, C.PREPROCESS_MODEL, C.VISION_MODEL)
     steps = 6
 
     def accepts(self, config: Any) -> bool:
@@ -53,8 +51,6 @@ class GenerationRepository(RepositoryWriter[GenerationCheckpoint]):
             "llm_device": options.device,
             "public_inputs": tensor_block(C.PUBLIC_INPUTS),
             "public_outputs": tensor_block(C.PUBLIC_OUTPUTS),
-            "llm_inputs": tensor_block(LLM_INPUTS),
-            "llm_outputs": tensor_block(C.PUBLIC_OUTPUTS),
         }
 
     def write(
@@ -79,15 +75,13 @@ class GenerationRepository(RepositoryWriter[GenerationCheckpoint]):
                 f"      int8 vision graph: {quantized['int8_bytes']:,} bytes (float32 "
                 f"{quantized['float_bytes']:,}), max abs difference {quantized['onnx_int8_max_abs_diff']:.3g}"
             )
-        progress.step("writing blip2_llm (language model weights, tokenizer, generation config)")
+        progress.step(
+            f"writing {C.ENGINE_MODEL} (language model weights, tokenizer, image processor, generation config)"
+        )
         settings = self._llm_settings(checkpoint, options)
-        self._write_llm(checkpoint, folders, settings)
-        progress.step("writing the fronts blip2 and blip2_stream (image processor, tokenizer, limits)")
-        for name in (C.PUBLIC_MODEL, C.STREAM_MODEL):
-            version = folders.model(name, python=True, code_from=C.PUBLIC_MODEL)
-            checkpoint.processor.image_processor.save_pretrained(version / "image_processor")
-            checkpoint.processor.tokenizer.save_pretrained(version / "tokenizer")
-            settings.save(version)
+        self._write_engine(checkpoint, folders, settings)
+        progress.step(f"writing {C.PUBLIC_MODEL} (the unary relay to {C.ENGINE_MODEL})")
+        folders.model(C.PUBLIC_MODEL, python=True)
         height, width = checkpoint.image_size
         return {
             "response_cache_bytes": options.vision_cache_mb * 2**20,
@@ -115,8 +109,9 @@ class GenerationRepository(RepositoryWriter[GenerationCheckpoint]):
         )
 
     @staticmethod
-    def _write_llm(checkpoint: GenerationCheckpoint, folders: ModelFolders, settings: LlmSettings) -> None:
-        version = folders.model(C.LLM_MODEL, python=True)
+    def _write_engine(checkpoint: GenerationCheckpoint, folders: ModelFolders, settings: LlmSettings) -> None:
+        version = folders.model(C.ENGINE_MODEL, python=True)
         checkpoint.model.language_model.save_pretrained(version / "language_model")
         checkpoint.processor.tokenizer.save_pretrained(version / "tokenizer")
+        checkpoint.processor.image_processor.save_pretrained(version / "image_processor")
         settings.save(version)

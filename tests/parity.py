@@ -71,7 +71,7 @@ def run_parity_matrix(served, images: dict[str, bytes], vqa_prompt: str, family:
     caption and VQA requests reach the LLM stage together and share its batch.
     """
     cases = parity_cases(vqa_prompt)
-    before = batch_statistics(served.grpc_url, "blip2_llm")
+    before = batch_statistics(served.grpc_url, "blip2_stream")
     steps_before, rows_before = settled_engine_counters(served.server.metrics_url)
     outcomes = []
     for start in range(0, len(cases), 4):
@@ -80,7 +80,7 @@ def run_parity_matrix(served, images: dict[str, bytes], vqa_prompt: str, family:
             {"image": images[name], "prompt": prompt, **settings} for name, prompt, settings, *_ in group
         ]
         outcomes.extend(infer_concurrently(served.grpc_url, requests))
-    after = batch_statistics(served.grpc_url, "blip2_llm", at_least=before[0] + len(cases))
+    after = batch_statistics(served.grpc_url, "blip2_stream", at_least=before[0] + len(cases))
     steps_after, rows_after = settled_engine_counters(served.server.metrics_url)
 
     served.reference_model.margins.clear()

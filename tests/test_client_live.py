@@ -373,7 +373,7 @@ def _cancelled_in_the_engine(server) -> float:
     """``blip2_requests_cancelled_total`` of the engine, from the server's metrics port."""
     with urllib.request.urlopen(server.metrics_url, timeout=5) as response:
         for line in response.read().decode().splitlines():
-            if line.startswith("blip2_requests_cancelled_total") and 'model="blip2_llm"' in line:
+            if line.startswith("blip2_requests_cancelled_total") and 'model="blip2_stream"' in line:
                 return float(line.rsplit(" ", 1)[1])
     return 0.0
 

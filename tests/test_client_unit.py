@@ -578,7 +578,7 @@ def test_sync_and_async_twins_have_the_same_members(blocking, awaited, plain):
 
 
 def _family_config(family: str) -> dict:
-    return {"config": {"name": "blip2_llm", "parameters": {"llm_family": {"string_value": family}}}}
+    return {"config": {"name": "blip2_stream", "parameters": {"llm_family": {"string_value": family}}}}
 
 
 def test_llm_family_is_read_once_the_same_way_by_both_clients(monkeypatch):
@@ -601,7 +601,21 @@ def test_llm_family_is_read_once_the_same_way_by_both_clients(monkeypatch):
             return await client.llm_family(), await client.llm_family()
 
     assert asyncio.run(main()) == ("t5", "t5")
-    assert asked == ["blip2_llm", "blip2_llm"]  # once per client
+    assert asked == ["blip2_stream", "blip2_stream"]  # once per client
+
+
+def test_llm_family_of_an_older_server_comes_from_blip2_llm(monkeypatch):
+    """Exports before the engine moved into blip2_stream named the family on blip2_llm."""
+    asked: list[str] = []
+
+    def model_config(model):
+        asked.append(model)
+        return {"config": {"name": model}} if model == "blip2_stream" else _family_config("t5")
+
+    with Blip2Client(f"localhost:{closed_port()}") as client:
+        monkeypatch.setattr(client.transport, "model_config", model_config)
+        assert client.llm_family() == "t5"
+    assert asked == ["blip2_stream", "blip2_llm"]
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])

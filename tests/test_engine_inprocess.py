@@ -1,7 +1,7 @@
 """The in-flight engine in process, against transformers: joins, settings, streams, cancels, bounds.
 
 Tiny OPT and Flan-T5-style checkpoints are exported, the engine is loaded from the export's
-``blip2_llm`` folder, and every text is compared with ``Blip2ForConditionalGeneration.generate``
+``blip2_stream`` folder (the engine model), and every text is compared with ``Blip2ForConditionalGeneration.generate``
 on the same query embeddings (computed by the checkpoint's own vision model and Q-Former).
 """
 
@@ -114,7 +114,7 @@ def family_build(request, tmp_path_factory):
     base = tmp_path_factory.mktemp(f"engine_{request.param}")
     checkpoint = build_tiny_checkpoint(base / "checkpoint", request.param, image_size=64)
     export_repository(str(checkpoint), base / "repository", ExportOptions(), quiet=True)
-    return request.param, base / "repository" / "blip2_llm" / "1", Reference(checkpoint)
+    return request.param, base / "repository" / "blip2_stream" / "1", Reference(checkpoint)
 
 
 def _engine(folder: Path, **limits) -> InflightEngine:

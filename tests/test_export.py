@@ -25,7 +25,7 @@ from blip2_triton.export.manifest import verify_manifest
 from blip2_triton.export.repository import ExportOptions, export_repository
 from blip2_triton.fixtures.tiny_checkpoints import build_tiny_checkpoint
 
-MODELS = {"blip2", "blip2_stream", "blip2_preprocess", "blip2_vision", "blip2_llm"}
+MODELS = {"blip2", "blip2_stream", "blip2_preprocess", "blip2_vision"}
 CLI = [sys.executable, "-m", "blip2_triton.cli"]
 
 
@@ -46,9 +46,9 @@ def test_every_rendered_config_validates(opt_build):
 
 
 def test_a_missing_template_value_is_an_export_error():
-    template = (template_dir() / "blip2_llm" / "config.pbtxt.tmpl").read_text()
+    template = (template_dir() / "blip2_stream" / "config.pbtxt.tmpl").read_text()
     with pytest.raises(ExportError, match=r"no value for template placeholder \$\{"):
-        render(template, {"max_batch_size": 4}, source="blip2_llm/config.pbtxt.tmpl")
+        render(template, {"max_batch_size": 4}, source="blip2_stream/config.pbtxt.tmpl")
 
 
 def test_a_config_outside_the_schema_is_an_export_error():
@@ -181,7 +181,7 @@ def test_bf16_export_keeps_the_vision_graph_fp32_and_the_language_model_bf16(sma
     assert {i.data_type for i in graph.initializer} <= {onnx.TensorProto.FLOAT, onnx.TensorProto.INT64}
     manifest = json.loads((output / "manifest.json").read_text())
     assert manifest["dtype"] == "bf16"
-    language_model = output / "blip2_llm" / "1" / "language_model" / "config.json"
+    language_model = output / "blip2_stream" / "1" / "language_model" / "config.json"
     assert json.loads(language_model.read_text())["dtype"] == "bfloat16"
 
     model = (

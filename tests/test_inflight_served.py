@@ -228,16 +228,16 @@ def test_metrics_are_published(opt_server, sample_images):
             text = response.read().decode()
         values = _metric_values(text)
         if (
-            values.get('blip2_generated_tokens_total{model="blip2_llm"}', 0) > 0
+            values.get('blip2_generated_tokens_total{model="blip2_stream"}', 0) > 0
             or time.monotonic() > deadline
         ):
             break
         time.sleep(0.5)
-    assert values['blip2_generated_tokens_total{model="blip2_llm"}'] > 0
-    assert values['blip2_time_to_first_token_seconds_count{model="blip2_llm"}'] > 0
-    assert values['blip2_time_per_output_token_seconds_count{model="blip2_llm"}'] > 0
-    assert 'blip2_active_sequences{model="blip2_llm"}' in values
-    assert 'blip2_queued_requests{model="blip2_llm"}' in values
+    assert values['blip2_generated_tokens_total{model="blip2_stream"}'] > 0
+    assert values['blip2_time_to_first_token_seconds_count{model="blip2_stream"}'] > 0
+    assert values['blip2_time_per_output_token_seconds_count{model="blip2_stream"}'] > 0
+    assert 'blip2_active_sequences{model="blip2_stream"}' in values
+    assert 'blip2_queued_requests{model="blip2_stream"}' in values
     assert any(key.startswith("nv_cache_num_hits_per_model") for key in values)
     assert any(key.startswith("nv_cache_num_misses_per_model") for key in values)
 

@@ -192,9 +192,9 @@ def test_the_wheel_ships_what_an_installed_package_needs(wheel: tuple[Path, str]
 
     path, _ = wheel
     names = set(zipfile.ZipFile(path).namelist())
-    for model in ("blip2", "blip2_llm", "blip2_vision", "blip2_preprocess", "blip2_itm"):
+    for model in ("blip2", "blip2_stream", "blip2_vision", "blip2_preprocess", "blip2_itm"):
         assert any(n.startswith(f"blip2_triton/model_repository/{model}/") for n in names), model
-    assert "blip2_triton/model_repository/blip2_llm/1/model.py" in names
+    assert "blip2_triton/model_repository/blip2_stream/1/model.py" in names
     assert "blip2_triton/fixtures/samples/sky_circle.jpg" in names
     assert "blip2_triton/runtime/contract.py" in names
     assert not [n for n in names if n.startswith(("tests/", "export/", "client/", "samples/"))]

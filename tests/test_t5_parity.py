@@ -77,7 +77,7 @@ def test_checkpoint_is_flan_t5_shaped(t5_build):
 def test_served_llm_stage_says_t5(t5_server):
     client = grpcclient.InferenceServerClient(t5_server.grpc_url)
     try:
-        config = client.get_model_config("blip2_llm", as_json=True)["config"]
+        config = client.get_model_config("blip2_stream", as_json=True)["config"]
     finally:
         client.close()
     assert config["parameters"]["llm_family"]["string_value"] == "t5"
@@ -148,7 +148,7 @@ def test_engine_without_bos_uses_the_empty_prompt_encoding(t5_server, images):
     from blip2_triton.runtime.vision import OnnxVisionEncoder
 
     repository = t5_server.repository
-    engine = load_engine(repository / "blip2_llm" / "1")
+    engine = load_engine(repository / "blip2_stream" / "1")
     engine.settings = dataclasses.replace(engine.settings, bos_token_id=None)
     preprocess = ImagePreprocessor(repository / "blip2_preprocess" / "1" / "image_processor")
     vision = OnnxVisionEncoder(repository / "blip2_vision" / "1" / "model.onnx")
@@ -182,5 +182,5 @@ def test_fp16_export_is_refused_unless_forced(t5_build, tmp_path):
         source, tmp_path / "forced", ExportOptions(dtype="fp16", force=True), quiet=True
     )
     assert manifest["dtype"] == "fp16" and manifest["family"] == "t5"
-    settings = json.loads((tmp_path / "forced" / "blip2_llm" / "1" / "llm_settings.json").read_text())
+    settings = json.loads((tmp_path / "forced" / "blip2_stream" / "1" / "llm_settings.json").read_text())
     assert settings["family"] == "t5" and settings["dtype"] == "fp16"

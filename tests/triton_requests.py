@@ -88,7 +88,7 @@ def assert_rejected(outcome: Outcome, fragment: str) -> None:
     assert "\n" not in outcome.message and "Traceback" not in outcome.message
 
 
-def engine_counters(metrics_url: str, model: str = "blip2_llm") -> tuple[float, float]:
+def engine_counters(metrics_url: str, model: str = "blip2_stream") -> tuple[float, float]:
     """(decode steps, decoded rows) of the LLM engine, from Triton's metrics port: rows above
     steps = sequences shared decode steps (the engine publishes them every 0.25 s)."""
     import urllib.request

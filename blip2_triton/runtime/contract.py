@@ -15,15 +15,23 @@ PUBLIC_MODEL = "blip2"  # the public unary model
 STREAM_MODEL = "blip2_stream"  # the public streaming model (decoupled): one response per new piece
 PREPROCESS_MODEL = "blip2_preprocess"
 VISION_MODEL = "blip2_vision"
-LLM_MODEL = "blip2_llm"
+# The model that holds the one in-flight generation engine: the public streaming model itself, so a
+# stream's responses go from the engine straight to its client (no decoupled BLS stream between).
+ENGINE_MODEL = STREAM_MODEL
+# What older exports called the engine's model (a client asks it for llm_family when the engine
+# model has no such parameter).
+LEGACY_LLM_MODEL = "blip2_llm"
 
 # Internal wires between the steps.
 PIXEL_VALUES = "pixel_values"
 QUERY_EMBEDS = "query_embeds"
-# Optional inputs of blip2_llm only: pieces as they come (else one response with the whole text),
-# and a control message that cancels the in-flight request with the same request id.
+# Optional inputs of the engine model, for the unary front ``blip2`` that relays to it: ``stream``
+# false = one response with the whole text (default true: one response per piece); ``cancel`` true =
+# a control message that cancels the relayed request with the same request id (ids that start with
+# RELAY_ID_PREFIX only, so no client can cancel another's stream).
 STREAM = "stream"
 CANCEL = "cancel"
+RELAY_ID_PREFIX = "blip2-relay-"
 
 # Limits (documented in the README).
 DEFAULT_MAX_TOKENS = 30

@@ -10,7 +10,8 @@ engine thread) and says, through an injected ``send``, what the request is answe
 - an error or a cancellation of any row: that one error, flagged final; the other rows are then
   reported cancelled to the engine, which frees their slots at its next step.
 
-Exactly one final send happens per request, whatever the order of the callbacks.
+Exactly one final send happens per request, whatever the order of the callbacks, and nothing is
+sent after it: every send happens under one lock, after a check that the request is not answered.
 """
 
 from __future__ import annotations
@@ -68,8 +69,10 @@ class RequestResponder:
         self.tokens += 1
         if self.first_text_at is None:
             self.first_text_at = time.monotonic()
-        if self.stream and piece and not self._answered:
-            self._send([piece], None, False)
+        if self.stream and piece:
+            with self._lock:
+                if not self._answered:
+                    self._send([piece], None, False)
 
     def finish(self, row: int, text: str) -> None:
         with self._lock:
@@ -81,10 +84,10 @@ class RequestResponder:
                 return
             self._answered = True
             self.finished_at = time.monotonic()
-        if self.stream:
-            self._send(None, None, True)
-        else:
-            self._send([t or "" for t in self._texts], None, True)
+            if self.stream:
+                self._send(None, None, True)
+            else:
+                self._send([t or "" for t in self._texts], None, True)
 
     def fail(self, row: int, error: BaseException) -> None:
         with self._lock:
@@ -93,7 +96,7 @@ class RequestResponder:
             self._answered = True
             self.finished_at = time.monotonic()
             self.cancelled_by_client = isinstance(error, RequestCancelledError)
-        self._send(None, error, True)
+            self._send(None, error, True)
 
 
 class RowSink:

@@ -7,8 +7,11 @@ without Triton.
 from __future__ import annotations
 
 import asyncio
+import re
+import threading
 import traceback
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -36,25 +39,40 @@ class ModelLogger:
         pb_utils.Logger.log_error(self.prefix + message)
 
 
-def triton_error(exc: BaseException, logger: ModelLogger):
+# A relayed request's error crosses a BLS call, which in Python backend 2.51 turns every error code
+# into INTERNAL but keeps the message: the engine model puts the code in front of the message
+# ("[INVALID_ARG] ...") and the relay reads it back.
+_TAG = re.compile(r"^\[(INVALID_ARG|UNAVAILABLE|CANCELLED)\] ")
+_TAGGED_ERRORS = {
+    "INVALID_ARG": RequestValidationError,
+    "UNAVAILABLE": EngineOverloadedError,
+    "CANCELLED": RequestCancelledError,
+}
+
+
+def triton_error(exc: BaseException, logger: ModelLogger, *, tagged: bool = False):
     """The one-line ``TritonError`` for an exception: bad input INVALID_ARG, a full engine
-    UNAVAILABLE, a cancellation CANCELLED, anything else INTERNAL (with the traceback logged)."""
+    UNAVAILABLE, a cancellation CANCELLED, anything else INTERNAL (with the traceback logged).
+    ``tagged``: the code also leads the message, for a relay to read back."""
     codes = (
-        (RequestValidationError, pb_utils.TritonError.INVALID_ARG),
-        (EngineOverloadedError, pb_utils.TritonError.UNAVAILABLE),
-        (RequestCancelledError, pb_utils.TritonError.CANCELLED),
+        (RequestValidationError, "INVALID_ARG"),
+        (EngineOverloadedError, "UNAVAILABLE"),
+        (RequestCancelledError, "CANCELLED"),
     )
     for kind, code in codes:
         if isinstance(exc, kind):
-            return pb_utils.TritonError(" ".join(str(exc).split()), code)
+            message = " ".join(str(exc).split())
+            return pb_utils.TritonError(
+                f"[{code}] {message}" if tagged else message, getattr(pb_utils.TritonError, code)
+            )
     logger.error("".join(traceback.format_exception(exc)))
     message = " ".join(f"internal error: {type(exc).__name__}: {exc}".split())
     return pb_utils.TritonError(message, pb_utils.TritonError.INTERNAL)
 
 
-def error_response(exc: BaseException, logger: ModelLogger):
+def error_response(exc: BaseException, logger: ModelLogger, *, tagged: bool = False):
     """A response carrying the one-line error for ``exc`` (see ``triton_error``)."""
-    return pb_utils.InferenceResponse(error=triton_error(exc, logger))
+    return pb_utils.InferenceResponse(error=triton_error(exc, logger, tagged=tagged))
 
 
 def input_array(request, name: str) -> np.ndarray | None:
@@ -141,6 +159,9 @@ def _step_error(model_name: str, error) -> Exception:
     code = error.code() if hasattr(error, "code") else None
     if code == pb_utils.TritonError.INVALID_ARG:
         return RequestValidationError(error.message())
+    tag = _TAG.match(error.message())
+    if tag:
+        return _TAGGED_ERRORS[tag.group(1)](error.message()[tag.end() :])
     return error_from_step_message(error.message()) or StepFailedError(f"{model_name}: {error.message()}")
 
 
@@ -161,51 +182,100 @@ async def call_model(model_name: str, inputs: dict[str, np.ndarray], outputs: Se
     return {name: pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in outputs}
 
 
-async def stream_model(
-    model_name: str, inputs: dict[str, np.ndarray], outputs: Sequence[str], *, request_id: str = ""
-) -> AsyncIterator[dict[str, np.ndarray]]:
-    """Run a decoupled model through BLS; yields the outputs of each response as it comes.
-
-    Python backend 2.51 hands back a blocking iterator: each ``next`` runs in a worker thread so
-    that the event loop (and the other requests of the batch) go on meanwhile.
-    """
-    request = pb_utils.InferenceRequest(
-        model_name=model_name,
-        requested_output_names=list(outputs),
-        inputs=[pb_utils.Tensor(name, array) for name, array in inputs.items()],
-        request_id=request_id,
-    )
-    responses = await request.async_exec(decoupled=True)
-    while True:
-        response = await asyncio.to_thread(next, responses, None)
-        if response is None:
-            return
-        if response.has_error():
-            raise _step_error(model_name, response.error())
-        found = {name: pb_utils.get_output_tensor_by_name(response, name) for name in outputs}
-        if any(tensor is not None for tensor in found.values()):
-            yield {name: tensor.as_numpy() for name, tensor in found.items() if tensor is not None}
-
-
 class BlsFrontSteps:
-    """``front.FrontSteps`` over Triton BLS: ``blip2_vision`` and the decoupled ``blip2_llm``."""
+    """``front.FrontSteps`` over Triton BLS: ``blip2_vision``."""
 
     async def encode(self, pixel_values: np.ndarray) -> np.ndarray:
         outputs = await call_model(C.VISION_MODEL, {C.PIXEL_VALUES: pixel_values}, [C.QUERY_EMBEDS])
         return outputs[C.QUERY_EMBEDS]
 
-    async def generate(
-        self, query_embeds: np.ndarray, inputs: Mapping[str, np.ndarray], *, stream: bool, request_id: str
-    ) -> AsyncIterator[str]:
-        feeds = {C.QUERY_EMBEDS: query_embeds, **inputs, C.STREAM: np.array([[stream]], dtype=np.bool_)}
-        async for outputs in stream_model(C.LLM_MODEL, feeds, [C.TEXT_OUTPUT.name], request_id=request_id):
-            for item in outputs[C.TEXT_OUTPUT.name].reshape(-1):
-                yield item.decode("utf-8") if isinstance(item, bytes) else str(item)
 
-    async def cancel(self, request_id: str) -> None:
-        feeds = {C.CANCEL: np.array([[True]], dtype=np.bool_)}
-        async for _ in stream_model(C.LLM_MODEL, feeds, [C.TEXT_OUTPUT.name], request_id=request_id):
-            pass
+class DecoupledCall:
+    """One BLS request to a decoupled model, read to its final response on a thread of its own.
+
+    Python backend 2.51 must never lose a decoupled BLS response iterator before the callee sent its
+    final response (the callee's later responses then reach freed state in tritonserver). So the
+    request is sent and its iterator read to the end by a daemon thread, whatever the caller does
+    meanwhile: a caller that stops waiting (its client left) simply stops looking at ``future``.
+    """
+
+    def __init__(
+        self, model_name: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str], request_id: str
+    ):
+        from concurrent.futures import Future
+
+        self.future: Future = Future()
+        self._request = pb_utils.InferenceRequest(
+            model_name=model_name,
+            requested_output_names=list(outputs),
+            inputs=[pb_utils.Tensor(name, array) for name, array in inputs.items()],
+            request_id=request_id,
+        )
+        self._model_name = model_name
+        self._outputs = list(outputs)
+        thread = threading.Thread(target=self._read, name="blip2-bls-call", daemon=True)
+        thread.start()
+
+    def _read(self) -> None:
+        results: list[dict[str, np.ndarray]] = []
+        error: BaseException | None = None
+        try:
+            for response in self._request.exec(decoupled=True):
+                if response.has_error():
+                    error = error or _step_error(self._model_name, response.error())
+                    continue
+                found = {name: pb_utils.get_output_tensor_by_name(response, name) for name in self._outputs}
+                if any(tensor is not None for tensor in found.values()):
+                    results.append({n: t.as_numpy() for n, t in found.items() if t is not None})
+        except Exception as exc:  # the call itself failed (model gone, server stopping)
+            error = error or StepFailedError(f"{self._model_name}: {' '.join(str(exc).split())}")
+        if error is not None:
+            self.future.set_exception(error)
+        else:
+            self.future.set_result(results)
+
+
+class Relay:
+    """The unary front ``blip2``: hands a request to the engine model and waits for the answer.
+
+    The request goes over as it came, with ``stream`` false (one response with every row's text).
+    When its client cancels (gRPC cancel, passed deadline) the relay sends the engine model a
+    cancel for the same request id, answers CANCELLED at once and leaves the calls to finish on
+    their own threads (the engine answers the cancelled request within one decode step).
+    """
+
+    POLL_S = 0.02
+
+    async def run(self, inputs: Mapping[str, np.ndarray], is_cancelled: Callable[[], bool]) -> np.ndarray:
+        request_id = C.RELAY_ID_PREFIX + uuid.uuid4().hex
+        rows = len(next(iter(inputs.values())))
+        feeds = {**inputs, C.STREAM: np.zeros((rows, 1), dtype=np.bool_)}
+        call = DecoupledCall(C.ENGINE_MODEL, feeds, [C.TEXT_OUTPUT.name], request_id)
+        answer = asyncio.wrap_future(call.future)
+        while True:
+            done, _ = await asyncio.wait([answer], timeout=self.POLL_S)
+            if done:
+                break
+            if is_cancelled():
+                answer.add_done_callback(_retrieve)
+                control = {
+                    C.IMAGE.name: np.array([[b""]], dtype=np.object_),
+                    C.CANCEL: np.array([[True]], dtype=np.bool_),
+                }
+                DecoupledCall(
+                    C.ENGINE_MODEL, control, [C.TEXT_OUTPUT.name], request_id
+                ).future.add_done_callback(_retrieve)
+                raise RequestCancelledError()
+        results = answer.result()
+        if not results:
+            raise StepFailedError(f"{C.ENGINE_MODEL}: no text in its answer")
+        return results[-1][C.TEXT_OUTPUT.name]
+
+
+def _retrieve(future) -> None:
+    """Mark a future's outcome as seen (nobody waits for it any more)."""
+    if not future.cancelled():
+        future.exception()
 
 
 class BackgroundLoop:

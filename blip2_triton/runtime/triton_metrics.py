@@ -91,7 +91,7 @@ class EngineMetrics:
         if not self._reported:
             self._reported = True
             pb_utils.Logger.log_error(
-                f"[blip2_llm metrics] a metric update failed, figures are incomplete: {exc}"
+                f"[engine metrics] a metric update failed, figures are incomplete: {exc}"
             )
 
     def _record(self, cancelled: bool, start, first, last, tokens: int) -> None:
