@@ -48,13 +48,26 @@ BAD_SETTINGS = {
     "max_tokens over the cap": ({"max_tokens": 513}, "'max_tokens' must be between 1 and 512"),
     "min over max": ({"max_tokens": 5, "min_tokens": 9}, "'min_tokens' must be between 0 and 5"),
     "beam width 0": ({"beam_width": 0}, "'beam_width' must be between 1 and 8"),
-    "negative temperature": ({"temperature": -0.5}, "'temperature' must be >= 0.0"),
+    "negative temperature": ({"temperature": -0.5}, "'temperature' must be >= 0.0 and <= 100.0"),
     "NaN temperature": ({"temperature": math.nan}, "'temperature' must be a finite number"),
     "NaN top_p": ({"temperature": 1.0, "top_p": math.nan}, "'top_p' must be a finite number"),
     "top_p over 1": ({"temperature": 1.0, "top_p": 1.5}, "'top_p' must be > 0.0 and <= 1.0"),
     "negative top_k": ({"top_k": -1}, "'top_k' must be at least 0"),
-    "negative repetition penalty": ({"repetition_penalty": -1.0}, "'repetition_penalty' must be > 0.0"),
+    "negative repetition penalty": (
+        {"repetition_penalty": -1.0},
+        "'repetition_penalty' must be > 0.0 and <= 10.0",
+    ),
     "infinite length penalty": ({"length_penalty": math.inf}, "'length_penalty' must be a finite number"),
+    "length penalty below -10": ({"length_penalty": -11.0}, "'length_penalty' must be >= -10.0 and <= 10.0"),
+    "temperature over 100": ({"temperature": 101.0}, "'temperature' must be >= 0.0 and <= 100.0"),
+    "repetition penalty over 10": (
+        {"repetition_penalty": 12.0},
+        "'repetition_penalty' must be > 0.0 and <= 10.0",
+    ),
+    "no_repeat_ngram_size over 512": (
+        {"no_repeat_ngram_size": 600},
+        "'no_repeat_ngram_size' must be between 0 and 512",
+    ),
 }
 
 

@@ -105,6 +105,13 @@ def _float(name: str, value: Any, *, low: float | None = None, low_open: bool = 
     return value
 
 
+# Ranges of the float settings (the README's table): wider than any useful value, so that a value
+# outside them is a client's mistake. length_penalty may be negative (shorter beams win), as in
+# transformers.
+MAX_TEMPERATURE = 100.0
+MAX_PENALTY = 10.0
+
+
 def parse_settings(raw: Mapping[str, Any]) -> GenerationSettings:
     """Validate the optional generation inputs of one request (absent entries are ``None``).
 
@@ -123,18 +130,22 @@ def parse_settings(raw: Mapping[str, Any]) -> GenerationSettings:
     beam_width = None
     if get("beam_width") is not None:
         beam_width = _int("beam_width", get("beam_width"), 1, MAX_BEAM_WIDTH)
-    temperature = None if get("temperature") is None else _float("temperature", get("temperature"), low=0.0)
+    temperature = None
+    if get("temperature") is not None:
+        temperature = _float("temperature", get("temperature"), low=0.0, high=MAX_TEMPERATURE)
     top_p = None if get("top_p") is None else _float("top_p", get("top_p"), low=0.0, low_open=True, high=1.0)
     top_k = None if get("top_k") is None else _int("top_k", get("top_k"), 0)
     repetition_penalty = None
     if get("repetition_penalty") is not None:
-        repetition_penalty = _float("repetition_penalty", get("repetition_penalty"), low=0.0, low_open=True)
-    length_penalty = (
-        None if get("length_penalty") is None else _float("length_penalty", get("length_penalty"))
-    )
+        repetition_penalty = _float(
+            "repetition_penalty", get("repetition_penalty"), low=0.0, low_open=True, high=MAX_PENALTY
+        )
+    length_penalty = None
+    if get("length_penalty") is not None:
+        length_penalty = _float("length_penalty", get("length_penalty"), low=-MAX_PENALTY, high=MAX_PENALTY)
     no_repeat = None
     if get("no_repeat_ngram_size") is not None:
-        no_repeat = _int("no_repeat_ngram_size", get("no_repeat_ngram_size"), 0)
+        no_repeat = _int("no_repeat_ngram_size", get("no_repeat_ngram_size"), 0, MAX_TOKENS_CAP)
     seed = None if get("random_seed") is None else int(_scalar("random_seed", get("random_seed")))
     return GenerationSettings(
         max_tokens=max_tokens,
