@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
+import time
 import traceback
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -245,6 +246,9 @@ class Relay:
     """
 
     POLL_S = 0.02
+    # How often the engine model's readiness is asked while waiting: a stub that dies never answers
+    # its requests, and serve's watchdog unloads its model at once, which a waiting relay sees here.
+    READY_POLL_S = 0.5
 
     async def run(self, inputs: Mapping[str, np.ndarray], is_cancelled: Callable[[], bool]) -> np.ndarray:
         request_id = C.RELAY_ID_PREFIX + uuid.uuid4().hex
@@ -252,10 +256,18 @@ class Relay:
         feeds = {**inputs, C.STREAM: np.zeros((rows, 1), dtype=np.bool_)}
         call = DecoupledCall(C.ENGINE_MODEL, feeds, [C.TEXT_OUTPUT.name], request_id)
         answer = asyncio.wrap_future(call.future)
+        ready_checked = time.monotonic()
         while True:
             done, _ = await asyncio.wait([answer], timeout=self.POLL_S)
             if done:
                 break
+            if time.monotonic() - ready_checked >= self.READY_POLL_S:
+                ready_checked = time.monotonic()
+                if not await asyncio.to_thread(_engine_ready):
+                    answer.add_done_callback(_retrieve)
+                    raise EngineOverloadedError(
+                        f"{C.ENGINE_MODEL} is not ready (it is restarting); try again"
+                    )
             if is_cancelled():
                 answer.add_done_callback(_retrieve)
                 control = {
@@ -270,6 +282,14 @@ class Relay:
         if not results:
             raise StepFailedError(f"{C.ENGINE_MODEL}: no text in its answer")
         return results[-1][C.TEXT_OUTPUT.name]
+
+
+def _engine_ready() -> bool:
+    """Whether Triton has the engine model loaded and ready (an error counts as not ready)."""
+    try:
+        return bool(pb_utils.is_model_ready(model_name=C.ENGINE_MODEL, model_version=""))
+    except Exception:
+        return False
 
 
 def _retrieve(future) -> None:

@@ -1,15 +1,18 @@
 """Which loaded models call which: ensemble steps from the configs, BLS callers from the contract.
 
 Triton knows an ensemble's steps, but not which models a Python (BLS) model calls. The contract
-names the public models that clients call and that call other models (``CALLERS``): drain and stub
-recovery take those first, so that what they call stays loaded while they finish.
+names the public models that clients call and that call other models, in levels (``CALLER_LEVELS``:
+the unary relay ``blip2`` calls the engine model ``blip2_stream``, which calls ``blip2_vision``):
+drain and stub recovery take them level by level, so that what a caller calls stays loaded while it
+finishes.
 """
 
 from __future__ import annotations
 
 from blip2_triton.runtime.contract import IMAGE_EMBED_MODEL, ITM_MODEL, PUBLIC_MODEL, STREAM_MODEL
 
-CALLERS = (PUBLIC_MODEL, STREAM_MODEL, ITM_MODEL, IMAGE_EMBED_MODEL)
+CALLER_LEVELS = ((PUBLIC_MODEL,), (STREAM_MODEL, ITM_MODEL, IMAGE_EMBED_MODEL))
+CALLERS = tuple(name for level in CALLER_LEVELS for name in level)
 
 
 def loaded_configs(client, headers: dict[str, str] | None) -> dict[str, dict]:
@@ -28,12 +31,13 @@ def ensemble_steps(configs: dict[str, dict]) -> set[str]:
 
 
 def entry_waves(configs: dict[str, dict]) -> list[list[str]]:
-    """Models no ensemble uses as a step, in waves: the contract's callers first, then the others."""
+    """Models no ensemble uses as a step, in waves: the contract's callers level by level (a caller
+    before what it calls), then the others."""
     steps = ensemble_steps(configs)
     entries = [name for name in sorted(configs) if name not in steps]
-    first = [name for name in entries if name in CALLERS]
+    levels = [[name for name in entries if name in level] for level in CALLER_LEVELS]
     rest = [name for name in entries if name not in CALLERS]
-    return [wave for wave in (first, rest) if wave]
+    return [wave for wave in (*levels, rest) if wave]
 
 
 def callers(configs: dict[str, dict]) -> list[str]:
