@@ -8,88 +8,51 @@
 With an :class:`~blip2_triton.client.AsyncBlip2Client` the methods that talk to the server are
 awaited: ``index = await ImageIndex.build(client, ...)``, ``await index.search(...)``.
 
-Storage: the ``[N, Q, D]`` image embeddings (L2-normalised, every value in [-1, 1]) are kept as
-16-bit fixed point (``int16``, value x stored as round(x * 32767)): the same 2 bytes per value as
-float16, an absolute error of at most 1.5e-5 per value (float16's is up to 2.4e-4 near 1), and
-numpy turns it into float32 about ten times faster than float16, which is what chunked scoring
-spends its time on. Search scores the index in chunks of ``chunk_size`` images, so memory beyond
-the stored index stays at one chunk in float32 plus one score per image.
-
-One file holds an index (``.npz``: ``embeddings``, ``paths``, ``metadata`` as JSON). While a
-build runs, finished batches are appended to ``<file>.partial``; an interrupted build resumes
-from it, and re-running a build skips the images already indexed.
+This module is the public face: :class:`ImageIndex` holds the embeddings and paths, and runs
+building and search as plans of client calls (``steps``). The parts it stands on:
+``index_storage`` (int16 storage, the ``.npz`` file, the ``.partial`` journal of a build),
+``index_search`` (chunked ITC scores, top-k, ITM re-ranking, the hit types) and ``index_build``
+(the image files of a folder, their embeddings from the server).
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import os
-import tempfile
-from collections.abc import Awaitable, Iterable, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .calls import image_embed_call
 from .errors import Blip2ClientError
-from .fan_out import fan_out, fan_out_async
-from .images import ImageLike, image_bytes, image_bytes_async
-from .steps import Blocking, Plan, is_async_client, run
-from .transport import Call
+from .images import ImageLike
+from .index_build import IMAGE_SUFFIXES as IMAGE_SUFFIXES
+from .index_build import embed_files, image_files, split_batch
+from .index_search import (
+    DEFAULT_CHUNK,
+    ImageHit,
+    TextHit,
+    check_count,
+    image_hits,
+    itc_scores,
+    rerank_images,
+    search_texts,
+)
+from .index_search import top_indices as top_indices
+from .index_storage import FORMAT as FORMAT
+from .index_storage import PARTIAL_SUFFIX as PARTIAL_SUFFIX
+from .index_storage import SCALE as SCALE
+from .index_storage import append_journal, journal_path, quantize, read_index, replay_journal, write_index
+from .index_storage import dequantize as dequantize
+from .steps import Blocking, Plan, run
 
 __all__ = ["ImageHit", "ImageIndex", "TextHit", "image_files"]
+# The ``name as name`` imports above keep every name this module had before it was split
+# importable from here (tests and benchmarks use quantize, dequantize, top_indices, PARTIAL_SUFFIX).
 
-FORMAT = 1
-SCALE = 32767.0  # int16 fixed point for values in [-1, 1]
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 PROBE_TEXT = "blip2-triton index probe: a photo of a dog on a beach"
 PROBE_TOLERANCE = 1e-3
-DEFAULT_CHUNK = 256
-PARTIAL_SUFFIX = ".partial"
-
-
-@dataclass(frozen=True)
-class ImageHit:
-    """One search result: ``itc`` is the max-over-queries cosine, ``itm`` the ITM probability (re-ranked hits)."""
-
-    rank: int
-    index: int
-    path: str
-    itc: float
-    itm: float | None = None
-
-
-@dataclass(frozen=True)
-class TextHit:
-    """One text retrieval result (``index`` is the text's position in the list given)."""
-
-    rank: int
-    index: int
-    text: str
-    itc: float
-    itm: float | None = None
-
-
-def image_files(folder: str | os.PathLike) -> list[Path]:
-    """Image files under ``folder`` (recursive, by suffix, sorted), as absolute paths."""
-    root = Path(folder).expanduser()
-    if not root.is_dir():
-        raise Blip2ClientError(f"not a folder: {root}")
-    return sorted(p.resolve() for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-
-
-def quantize(embeddings: np.ndarray) -> np.ndarray:
-    """float embeddings in [-1, 1] -> int16 fixed point."""
-    values = np.asarray(embeddings, dtype=np.float32)
-    return np.rint(np.clip(values, -1.0, 1.0) * SCALE).astype(np.int16)
-
-
-def dequantize(stored: np.ndarray) -> np.ndarray:
-    return stored.astype(np.float32) / np.float32(SCALE)
 
 
 class ImageIndex:
@@ -127,13 +90,16 @@ class ImageIndex:
 
     # -- contents ---------------------------------------------------------------------------------
     def __len__(self) -> int:
+        """How many images the index holds."""
         return len(self._paths)
 
     def __contains__(self, path: object) -> bool:
+        """Whether the image file ``path`` (absolute, as indexed) is in the index."""
         return str(path) in self._known
 
     @property
     def paths(self) -> list[str]:
+        """The image paths, in index order (a copy)."""
         return list(self._paths)
 
     @property
@@ -145,13 +111,16 @@ class ImageIndex:
 
     @property
     def nbytes(self) -> int:
+        """Bytes the stored embeddings take in memory."""
         return sum(part.nbytes for part in self._parts)
 
     @property
     def shape(self) -> tuple[int, int, int]:
+        """``(N, Q, D)``: images, query embeddings per image, values per embedding."""
         return tuple(self.embeddings.shape)  # type: ignore[return-value]
 
     def _append(self, embeddings: np.ndarray, paths: Sequence[str]) -> None:
+        """Add images (float or int16 embeddings) at the end; another model's shape is refused."""
         stored = embeddings if embeddings.dtype == np.int16 else quantize(embeddings)
         if self._parts and stored.shape[1:] != self._parts[0].shape[1:]:
             raise Blip2ClientError(
@@ -162,41 +131,18 @@ class ImageIndex:
         self._paths.extend(str(p) for p in paths)
         self._known.update(str(p) for p in paths)
 
-    # -- scoring ----------------------------------------------------------------------------------
+    # -- search -----------------------------------------------------------------------------------
     def scores(self, text_embeds: np.ndarray, *, chunk_size: int = DEFAULT_CHUNK) -> np.ndarray:
         """ITC scores (max over queries of the cosine) of every image: ``[N]`` for one text ``[D]``,
         ``[T, N]`` for ``[T, D]``. Chunked: one chunk of ``chunk_size`` images in float32 at a time."""
-        texts = np.asarray(text_embeds, dtype=np.float32)
-        single = texts.ndim == 1
-        texts = np.atleast_2d(texts)
-        stored = self.embeddings
-        count = len(stored)
-        if count and texts.shape[1] != stored.shape[2]:
-            raise Blip2ClientError(
-                f"text embeddings have {texts.shape[1]} values, the index {stored.shape[2]}"
-            )
-        out = np.empty((len(texts), count), dtype=np.float32)
-        if count:
-            queries, dim = stored.shape[1:]
-            weights = np.ascontiguousarray((texts / np.float32(SCALE)).T)  # [D, T], scale folded in
-            buffer = np.empty((min(chunk_size, count), queries, dim), dtype=np.float32)
-            for start in range(0, count, chunk_size):
-                part = stored[start : start + chunk_size]
-                chunk = buffer[: len(part)]
-                np.copyto(chunk, part)  # int16 -> float32, in place
-                sims = chunk.reshape(-1, dim) @ weights  # [n * Q, T]
-                out[:, start : start + len(part)] = sims.reshape(len(part), queries, -1).max(axis=1).T
-        return out[0] if single else out
+        return itc_scores(self.embeddings, text_embeds, chunk_size)
 
     def search_embedding(
         self, text_embedding: np.ndarray, top_k: int = 5, *, chunk_size: int = DEFAULT_CHUNK
     ) -> list[ImageHit]:
         """The ``top_k`` images by ITC score for an already computed text embedding ``[D]``."""
         scores = self.scores(np.asarray(text_embedding, np.float32).reshape(-1), chunk_size=chunk_size)
-        order = top_indices(scores, top_k)
-        return [
-            ImageHit(rank, int(i), self._paths[i], float(scores[i])) for rank, i in enumerate(order, start=1)
-        ]
+        return image_hits(scores, self._paths, top_k)
 
     def search(
         self, text: str, top_k: int = 5, rerank: int | None = None, *, chunk_size: int = DEFAULT_CHUNK
@@ -212,26 +158,20 @@ class ImageIndex:
     def _search(
         self, client: Any, text: str, top_k: int, rerank: int | None, chunk_size: int
     ) -> Plan[list[ImageHit]]:
-        _check_count("top_k", top_k)
+        check_count("top_k", top_k)
         if rerank is not None:
-            _check_count("rerank", rerank)
+            check_count("rerank", rerank)
         yield from self._check_model(client)
         (text_embedding,) = yield lambda: client.embed_texts([text], progress=False)
         hits = self.search_embedding(text_embedding, max(top_k, rerank or 0), chunk_size=chunk_size)
-        if rerank:
-            head, tail = hits[:rerank], hits[rerank:]
-            matches = yield lambda: client.match_batch([(hit.path, text) for hit in head], progress=False)
-            scored = [(itm, hit) for (itm, _), hit in zip(matches, head, strict=True)]
-            scored.sort(key=lambda pair: (-pair[0], -pair[1].itc, pair[1].index))
-            hits = [ImageHit(0, hit.index, hit.path, hit.itc, itm) for itm, hit in scored] + tail
-        return [ImageHit(rank, h.index, h.path, h.itc, h.itm) for rank, h in enumerate(hits[:top_k], start=1)]
+        return (yield from rerank_images(client, text, hits, top_k, rerank))
 
     def search_texts(
         self, image: ImageLike, texts: Sequence[str], top_k: int | None = None, rerank: int | None = None
     ) -> list[TextHit]:
         """Texts for ``image`` (any image, indexed or not): ITC ranking, optional ITM re-ranking."""
         client = self._require_client()
-        return run(_search_texts(client, image, list(texts), top_k, rerank), client)
+        return run(search_texts(client, image, list(texts), top_k, rerank), client)
 
     # -- building ---------------------------------------------------------------------------------
     @classmethod
@@ -263,7 +203,7 @@ class ImageIndex:
         batch_size: int,
         progress: bool | None,
     ) -> Plan[ImageIndex]:
-        partial = None if path is None else Path(str(path) + PARTIAL_SUFFIX)
+        partial = None if path is None else journal_path(path)
         index = cls(client=client)
         if path is not None and Path(path).exists():
             index = yield Blocking(lambda: cls.load(path, client=client))
@@ -303,7 +243,7 @@ class ImageIndex:
     ) -> Plan[int]:
         from tqdm.auto import tqdm
 
-        _check_count("batch_size", batch_size)
+        check_count("batch_size", batch_size)
         wanted: dict[str, None] = yield Blocking(
             lambda: dict.fromkeys(str(Path(p).expanduser().resolve()) for p in images)
         )
@@ -316,25 +256,23 @@ class ImageIndex:
         with tqdm(total=len(todo), desc="index", unit="image", disable=not show) as bar:
             for start in range(0, len(todo), batch_size):
                 batch = todo[start : start + batch_size]
-                results = yield functools.partial(_embed_files, client, batch)
-                good = [(p, r) for p, r in zip(batch, results, strict=True) if not isinstance(r, Exception)]
-                skipped.update(
-                    (p, str(r)) for p, r in zip(batch, results, strict=True) if isinstance(r, Exception)
-                )
-                if good:
-                    stored = quantize(np.stack([r for _, r in good]))
-                    names = [p for p, _ in good]
+                results = yield functools.partial(embed_files, client, batch)
+                names, embeddings, refused = split_batch(batch, results)
+                skipped.update(refused)
+                if names:
+                    stored = quantize(np.stack(embeddings))
                     if partial is not None:
                         yield Blocking(functools.partial(self._append_partial, partial, stored, names))
                     self._append(stored, names)
-                    added += len(good)
+                    added += len(names)
                 bar.update(len(batch))
         self.metadata["skipped"] = skipped
         return added
 
     def _finish_build(self, path: str | os.PathLike) -> None:
+        """Save the finished index to ``path``, then drop the build's journal."""
         self.save(path)
-        Path(str(path) + PARTIAL_SUFFIX).unlink(missing_ok=True)
+        journal_path(path).unlink(missing_ok=True)
 
     # -- model check ------------------------------------------------------------------------------
     def check_model(self, client: Any) -> None:
@@ -362,141 +300,38 @@ class ImageIndex:
         self._probe_checked_for = id(client)
 
     def _require_client(self) -> Any:
+        """The index's client; a one-line error when it has none."""
         if self.client is None:
             raise Blip2ClientError("this index has no client: pass client=Blip2Client(...) to load or build")
         return self.client
 
-    # -- files ------------------------------------------------------------------------------------
+    # -- files (format: index_storage) ------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
         """Write the index to one file (``.npz`` layout, whatever the name), atomically."""
-        target = Path(path).expanduser()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        stored = self.embeddings
-        metadata = {
-            **self.metadata,
-            "format": FORMAT,
-            "storage": "int16 fixed point, value = stored / 32767",
-            "scale": SCALE,
-            "count": len(self),
-            "shape": list(stored.shape),
-            "saved": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-        handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        try:
-            with os.fdopen(handle, "wb") as out:
-                np.savez(
-                    out,
-                    embeddings=stored,
-                    paths=np.array(self._paths, dtype=np.str_),
-                    metadata=np.array(json.dumps(metadata)),
-                )
-            os.replace(temporary, target)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-        return target
+        return write_index(path, self.embeddings, self._paths, self.metadata)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, client: Any = None) -> ImageIndex:
-        """Read an index written by :meth:`save` (no pickles are loaded)."""
-        source = Path(path).expanduser()
-        try:
-            with np.load(source, allow_pickle=False) as data:
-                embeddings, paths = data["embeddings"], data["paths"].tolist()
-                metadata = json.loads(str(data["metadata"]))
-        except FileNotFoundError:
-            raise Blip2ClientError(f"index file not found: {source}") from None
-        except (OSError, ValueError, KeyError) as exc:
-            raise Blip2ClientError(f"{source} is not an image index: {exc}") from None
-        if metadata.get("format") != FORMAT or embeddings.dtype != np.int16:
-            raise Blip2ClientError(f"{source}: unsupported index format {metadata.get('format')!r}")
+        """Read an index written by :meth:`save` (no pickles are loaded), and its build's journal."""
+        embeddings, paths, metadata = read_index(path)
         index = cls(embeddings if len(paths) else None, paths, metadata, client=client)
-        partial = Path(str(source) + PARTIAL_SUFFIX)
+        partial = journal_path(Path(path).expanduser())
         if partial.exists():
             index._load_partial(partial)
         return index
 
     def _append_partial(self, partial: Path, stored: np.ndarray, names: list[str]) -> None:
-        new = not partial.exists()
-        with partial.open("ab") as out:
-            if new:
-                np.save(out, np.array(json.dumps(self.metadata)), allow_pickle=False)
-            np.save(out, np.array(names, dtype=np.str_), allow_pickle=False)
-            np.save(out, stored, allow_pickle=False)
-            out.flush()
-            os.fsync(out.fileno())
+        """Journal one finished batch of a build (with the metadata, when the journal is new)."""
+        append_journal(partial, self.metadata, stored, names)
 
     def _load_partial(self, partial: Path) -> None:
         """Append the finished batches of an interrupted build; a torn last batch is cut off."""
-        good_end = 0
-        with partial.open("r+b") as handle:
-            try:
-                header = json.loads(str(np.load(handle, allow_pickle=False)))
-                good_end = handle.tell()
-                while True:
-                    names = np.load(handle, allow_pickle=False).tolist()
-                    stored = np.load(handle, allow_pickle=False)
-                    if len(names) != len(stored):
-                        break
-                    fresh = [i for i, n in enumerate(names) if n not in self._known]
-                    if fresh:
-                        self._append(stored[fresh], [names[i] for i in fresh])
-                    good_end = handle.tell()
-            except (EOFError, ValueError, OSError):
-                pass
-            handle.truncate(good_end)
-        if good_end == 0:
-            partial.unlink(missing_ok=True)
-            return
-        for key, value in header.items():
+
+        def add_fresh(names: list[str], stored: np.ndarray) -> None:
+            fresh = [i for i, name in enumerate(names) if name not in self._known]
+            if fresh:
+                self._append(stored[fresh], [names[i] for i in fresh])
+
+        metadata = replay_journal(partial, add_fresh)
+        for key, value in (metadata or {}).items():
             self.metadata.setdefault(key, value)
-
-
-def top_indices(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the ``k`` highest scores, best first (ties: lower index first)."""
-    count = len(scores)
-    k = min(k, count)
-    if k <= 0:
-        return np.zeros(0, dtype=np.int64)
-    candidates = np.argpartition(-scores, k - 1)[:k] if k < count else np.arange(count)
-    return candidates[np.lexsort((candidates, -scores[candidates]))]
-
-
-def _check_count(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
-def _search_texts(
-    client: Any, image: ImageLike, texts: list[str], top_k: int | None, rerank: int | None
-) -> Plan[list[TextHit]]:
-    if not texts:
-        return []
-    (image_embeds,) = yield lambda: client.embed_images([image], progress=False)
-    text_embeds = yield lambda: client.embed_texts(texts, progress=False)
-    itc = (image_embeds @ text_embeds.T).max(axis=0)
-    order = top_indices(itc, len(texts))
-    hits = [TextHit(0, int(i), texts[i], float(itc[i])) for i in order]
-    if rerank:
-        head, tail = hits[:rerank], hits[rerank:]
-        matches = yield lambda: client.match_batch([(image, hit.text) for hit in head], progress=False)
-        head = [TextHit(0, h.index, h.text, h.itc, itm) for (itm, _), h in zip(matches, head, strict=True)]
-        head.sort(key=lambda h: (-(h.itm or 0.0), -h.itc, h.index))
-        hits = head + tail
-    limit = len(hits) if top_k is None else top_k
-    return [TextHit(rank, h.index, h.text, h.itc, h.itm) for rank, h in enumerate(hits[:limit], start=1)]
-
-
-def _embed_files(client: Any, paths: list[str]) -> list | Awaitable[list]:
-    """The image embedding of each file, or the error of a file that is refused or cannot be read."""
-    protocol = client.protocol
-    options = {"max_concurrency": client.max_concurrency, "progress": False, "keep_refused": True}
-    if is_async_client(client):
-
-        async def read_and_make(path: str) -> Call[np.ndarray]:
-            return image_embed_call(protocol, await image_bytes_async(path))
-
-        return fan_out_async(client.transport, paths, read_and_make, **options)
-    return fan_out(
-        client.transport, paths, lambda path: image_embed_call(protocol, image_bytes(path)), **options
-    )
