@@ -211,7 +211,7 @@ def build_llm_folder(folder: str | Path, spec: LlmSpec, dtype: str, device: str)
     import torch
     from transformers import OPTConfig, OPTForCausalLM
 
-    from blip2_triton.runtime.engine import LlmSettings
+    from blip2_triton.runtime.llm.checkpoint import LlmSettings
 
     folder = Path(folder)
     tokenizer = make_processor(224, spec.num_query_tokens, spec.vocab_size, spec.seed).tokenizer

@@ -146,7 +146,7 @@ def _query_embeds(count: int, spec: bench_model.LlmSpec, seed: int) -> list[Any]
 def engine_round(engine: Any, embeds: list[Any], tokens: int, timeout_s: float) -> Level:
     """Submit one request per query embedding at once; time the one that finishes last."""
     from blip2_triton.runtime.contract import GenerationSettings
-    from blip2_triton.runtime.engine import GenerationRequest
+    from blip2_triton.runtime.llm.checkpoint import GenerationRequest
 
     settings = GenerationSettings(max_tokens=tokens, min_tokens=tokens)
     done = threading.Semaphore(0)
@@ -171,7 +171,7 @@ def engine_round(engine: Any, embeds: list[Any], tokens: int, timeout_s: float) 
 def measure_engine(
     folder: Path, spec: bench_model.LlmSpec, device: str, tokens: int, levels: list[int], timeout_s: float
 ) -> list[Level]:
-    from blip2_triton.runtime.inflight_engine import EngineLimits, InflightEngine
+    from blip2_triton.runtime.llm.engine import EngineLimits, InflightEngine
 
     most = max(levels)
     limits = EngineLimits(
@@ -235,7 +235,7 @@ def measure_generate(
     import torch
     from transformers import AutoModelForCausalLM
 
-    from blip2_triton.runtime.engine import LlmSettings
+    from blip2_triton.runtime.llm.checkpoint import LlmSettings
 
     settings = LlmSettings.load(folder)
     dtype = getattr(torch, bench_model.TORCH_DTYPES[settings.dtype])

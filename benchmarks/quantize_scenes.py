@@ -39,7 +39,7 @@ def _best_ms(call, repeats: int) -> float:
 
 def time_vision(onnx_path: Path, image_size: int, repeats: int = 30) -> dict[str, float]:
     """Best ms of the vision graph (onnxruntime, CPU) at batch 1 and 8."""
-    from blip2_triton.runtime.onnx_graph import OnnxGraph
+    from blip2_triton.runtime.vision.onnx_graph import OnnxGraph
 
     graph = OnnxGraph(onnx_path, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
@@ -57,7 +57,7 @@ def time_llm(llm_folder: Path, method: str, num_query_tokens: int, repeats: int 
     import torch
     from transformers import AutoModelForCausalLM
 
-    from blip2_triton.runtime.quantization import quantize_language_model, weight_bytes
+    from blip2_triton.runtime.llm.quantization import quantize_language_model, weight_bytes
 
     dtype = torch.bfloat16 if method == "bf16" else torch.float32
     model = AutoModelForCausalLM.from_pretrained(llm_folder / "language_model", dtype=dtype).eval()

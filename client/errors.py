@@ -13,6 +13,8 @@ import contextlib
 import sys
 from collections.abc import Iterator
 
+from blip2_triton.runtime.errors import one_line
+
 __all__ = [
     "Blip2ClientError",
     "InferenceTimeoutError",
@@ -26,10 +28,6 @@ __all__ = [
 ]
 
 
-def _one_line(message: object) -> str:
-    return " ".join(str(message).split())
-
-
 class Blip2ClientError(Exception):
     """Base class of every error the client raises on purpose.
 
@@ -39,7 +37,7 @@ class Blip2ClientError(Exception):
     """
 
     def __init__(self, message: object, status: str | None = None, *, index: int | None = None) -> None:
-        self.message = _one_line(message)
+        self.message = one_line(message)
         self.status = status
         self.index = index
         super().__init__(self.message)
@@ -125,21 +123,21 @@ def map_triton_error(exc: BaseException) -> Blip2ClientError:
     if _is_rpc_error(exc):  # raised as is by tritonclient.grpc.aio's stream_infer
         code = exc.code()  # type: ignore[attr-defined]
         status = getattr(code, "name", None) or _normalise_status(code)
-        message = _one_line(exc.details() or code)  # type: ignore[attr-defined]
+        message = one_line(exc.details() or code)  # type: ignore[attr-defined]
         return _status_class(status)(message, status)
     status_method = getattr(exc, "status", None)
     message_method = getattr(exc, "message", None)
     if callable(status_method) and callable(message_method):  # InferenceServerException
         status = _normalise_status(status_method())
         message = message_method()
-        message = _one_line(message if message is not None else exc) or type(exc).__name__
+        message = one_line(message if message is not None else exc) or type(exc).__name__
         if status is not None:
             return _status_class(status)(message, status)
         lowered = message.lower()
         if "timeout" in lowered or "timed out" in lowered or "deadline" in lowered:
             return InferenceTimeoutError(message)
         return ServerError(message)
-    detail = _one_line(exc)
+    detail = one_line(exc)
     if isinstance(exc, _TIMEOUT_ERRORS) or type(exc).__name__ == "Timeout":  # socket, asyncio, gevent
         return InferenceTimeoutError(f"timed out: {detail}" if detail else "timed out")
     message = detail or type(exc).__name__

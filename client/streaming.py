@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from blip2_triton.runtime.errors import QUEUE_REFUSALS, EngineOverloadedError
-from blip2_triton.runtime.errors import RequestCancelledError as ServerCancelled
+from blip2_triton.runtime.errors import ClientGoneError as ServerCancelled
 
 from .errors import (
     Blip2ClientError,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from blip2_triton.runtime import contract as C
-from blip2_triton.runtime.engine import LlmSettings
+from blip2_triton.runtime.llm.checkpoint import LlmSettings, context_length
 
 from .configs import tensor_block
 from .generation_checkpoint import GenerationCheckpoint, load_generation_checkpoint, refuse_fp16_for_t5
@@ -96,7 +96,6 @@ class GenerationRepository(RepositoryWriter[GenerationCheckpoint]):
     @staticmethod
     def _llm_settings(checkpoint: GenerationCheckpoint, options: ExportOptions) -> LlmSettings:
         text_config = checkpoint.model.config.text_config
-        context = 0 if checkpoint.family == "t5" else getattr(text_config, "max_position_embeddings", 0)
         return LlmSettings(
             family=checkpoint.family,
             image_token_id=int(checkpoint.model.config.image_token_id),
@@ -104,7 +103,7 @@ class GenerationRepository(RepositoryWriter[GenerationCheckpoint]):
             bos_token_id=getattr(text_config, "bos_token_id", None),  # T5 configs may have none
             dtype=options.dtype,
             quantize=options.quantize,
-            context_length=int(context or 0),
+            context_length=context_length(text_config, checkpoint.family),
             max_sequence_tokens=options.max_sequence_tokens,
         )
 

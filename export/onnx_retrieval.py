@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from blip2_triton.runtime import contract as C
-from blip2_triton.runtime.text_matching import RetrievalSettings
+from blip2_triton.runtime.retrieval.text_matching import RetrievalSettings
 
 from .onnx_export import checked_difference, export_graph
 

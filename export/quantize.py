@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from blip2_triton.runtime.quantization import QUANTIZE_METHODS
+from blip2_triton.runtime.llm.quantization import QUANTIZE_METHODS
 
 from .errors import ExportError
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from blip2_triton.runtime.text_matching import RetrievalSettings
+from blip2_triton.runtime.retrieval.text_matching import RetrievalSettings
 
 from .checkpoint import Checkpoint, load_pretrained
 from .errors import ExportError

@@ -10,8 +10,8 @@ import torch
 from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
 from blip2_triton.runtime.contract import GenerationSettings
-from blip2_triton.runtime.generation import generate_kwargs, parse_settings
 from blip2_triton.runtime.images import decode_image
+from blip2_triton.runtime.settings import generate_kwargs, parse_settings
 
 
 @dataclass

@@ -20,10 +20,10 @@ from transformers import Blip2ForConditionalGeneration, Blip2Processor
 from blip2_triton.export.options import ExportOptions
 from blip2_triton.export.repository import export_repository
 from blip2_triton.fixtures.tiny_checkpoints import build_tiny_checkpoint
-from blip2_triton.runtime.engine import GenerationRequest
 from blip2_triton.runtime.errors import EngineOverloadedError, RequestValidationError
-from blip2_triton.runtime.generation import generate_kwargs, parse_settings
-from blip2_triton.runtime.inflight_engine import EngineLimits, InflightEngine
+from blip2_triton.runtime.llm.checkpoint import GenerationRequest
+from blip2_triton.runtime.llm.engine import EngineLimits, InflightEngine
+from blip2_triton.runtime.settings import generate_kwargs, parse_settings
 
 CASES = [
     (None, {"max_tokens": 40, "min_tokens": 30}),
@@ -41,7 +41,9 @@ CASES = [
 
 
 class Sink:
-    """Records what the engine reports for one request."""
+    """Records what the engine reports for one request (every piece, as a stream would)."""
+
+    wants_pieces = True
 
     def __init__(self, cancel_after: int | None = None) -> None:
         self.pieces: list[str] = []

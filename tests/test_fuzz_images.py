@@ -178,7 +178,7 @@ def preprocessor(tmp_path_factory):
     """The preprocessor a ``blip2_preprocess`` stub runs, with a saved BLIP image processor."""
     from transformers import BlipImageProcessor
 
-    from blip2_triton.runtime.preprocess import ImagePreprocessor
+    from blip2_triton.runtime.vision.preprocess import ImagePreprocessor
 
     folder = tmp_path_factory.mktemp("processor")
     BlipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)

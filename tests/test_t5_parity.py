@@ -140,20 +140,24 @@ def test_engine_without_bos_uses_the_empty_prompt_encoding(t5_server, images):
     without a prompt) gets what ``Blip2Processor`` gives for the prompt "": image tokens + ``</s>``."""
     import torch
 
-    from blip2_triton.runtime.engine import GenerationRequest
-    from blip2_triton.runtime.engine_factory import load_engine
-    from blip2_triton.runtime.generation import parse_settings
     from blip2_triton.runtime.images import decode_image
-    from blip2_triton.runtime.preprocess import ImagePreprocessor
-    from blip2_triton.runtime.vision import OnnxVisionEncoder
+    from blip2_triton.runtime.llm.beam_search import BeamSearch
+    from blip2_triton.runtime.llm.checkpoint import GenerationRequest, load_language_model
+    from blip2_triton.runtime.llm.prompt_check import PromptChecker
+    from blip2_triton.runtime.settings import parse_settings
+    from blip2_triton.runtime.vision.encoder import OnnxVisionEncoder
+    from blip2_triton.runtime.vision.preprocess import ImagePreprocessor
 
     repository = t5_server.repository
-    engine = load_engine(repository / "blip2_stream" / "1")
-    engine.settings = dataclasses.replace(engine.settings, bos_token_id=None)
+    model, tokenizer, settings = load_language_model(repository / "blip2_stream" / "1")
+    settings = dataclasses.replace(settings, bos_token_id=None)
     preprocess = ImagePreprocessor(repository / "blip2_preprocess" / "1" / "image_processor")
     vision = OnnxVisionEncoder(repository / "blip2_vision" / "1" / "model.onnx")
     image = images["gradient_square.webp"]
-    (text,) = engine.generate([GenerationRequest(vision(preprocess(image)[None])[0], "", parse_settings({}))])
+    request = GenerationRequest(vision(preprocess(image)[None])[0], "", parse_settings({}))
+    ids = PromptChecker(tokenizer, settings).check(request.prompt, request.settings)
+    assert ids[-1] == 1  # image tokens + "</s>": the tokenizer's encoding of ""
+    text = BeamSearch(model, tokenizer, settings).generate(request, ids)
 
     reference = t5_server.reference_model
     inputs = reference.processor(images=decode_image(image), text="", return_tensors="pt")

@@ -3,7 +3,7 @@
 Each request goes over as it came (with `stream` false); the engine model checks it, encodes its
 images and generates, and answers once with every row's text (or the one-line error, whose code the
 relay keeps). When the client cancels or its deadline passes, the relay cancels the request in the
-engine and answers CANCELLED at once. The work is in blip2_runtime.triton_adapter.Relay.
+engine and answers CANCELLED at once. The work is in blip2_runtime.triton.relay.
 """
 
 import json
@@ -13,15 +13,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from blip2_runtime.contract import PUBLIC_INPUTS, TEXT_OUTPUT
-from blip2_runtime.triton_adapter import (
-    FINAL,
-    BackgroundLoop,
-    ModelLogger,
-    Relay,
-    error_response,
-    input_array,
-    output_response,
-)
+from blip2_runtime.triton.loop import BackgroundLoop
+from blip2_runtime.triton.relay import Relay
+from blip2_runtime.triton.responses import FINAL, ModelLogger, error_response, input_array, output_response
 
 
 class TritonPythonModel:

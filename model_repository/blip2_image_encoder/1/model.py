@@ -9,8 +9,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from blip2_runtime.contract import IMAGE_EMBEDS, PIXEL_VALUES, VISION_HIDDEN_STATES
-from blip2_runtime.onnx_graph import OnnxGraph
-from blip2_runtime.triton_adapter import ModelLogger, model_parameter, required_rows, respond_batched
+from blip2_runtime.triton.responses import ModelLogger, model_parameter, required_rows, respond_batched
+from blip2_runtime.vision.onnx_graph import OnnxGraph
 
 
 class TritonPythonModel:

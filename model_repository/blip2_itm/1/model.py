@@ -19,9 +19,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from blip2_runtime import contract as C
 from blip2_runtime.errors import RequestValidationError
 from blip2_runtime.images import image_from_input
-from blip2_runtime.preprocess import ImagePreprocessor
-from blip2_runtime.text_matching import RetrievalSettings, TextTokenizer, text_from_input
-from blip2_runtime.triton_adapter import ModelLogger, call_model, error_response, input_array, output_response
+from blip2_runtime.retrieval.text_matching import RetrievalSettings, TextTokenizer, text_from_input
+from blip2_runtime.triton.bls import call_model
+from blip2_runtime.triton.responses import ModelLogger, error_response, input_array, output_response
+from blip2_runtime.vision.preprocess import ImagePreprocessor
 
 
 class TritonPythonModel:

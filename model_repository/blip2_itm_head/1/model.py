@@ -19,9 +19,14 @@ from blip2_runtime.contract import (
     VISION_HIDDEN_STATES,
 )
 from blip2_runtime.errors import RequestValidationError
-from blip2_runtime.onnx_graph import OnnxGraph
-from blip2_runtime.text_matching import RetrievalSettings, TextTokenizer, itc_scores, text_from_input
-from blip2_runtime.triton_adapter import ModelLogger, input_array, model_parameter, respond_batched
+from blip2_runtime.retrieval.text_matching import (
+    RetrievalSettings,
+    TextTokenizer,
+    itc_scores,
+    text_from_input,
+)
+from blip2_runtime.triton.responses import ModelLogger, input_array, model_parameter, respond_batched
+from blip2_runtime.vision.onnx_graph import OnnxGraph
 
 _INPUTS = (VISION_HIDDEN_STATES, IMAGE_EMBEDS.name, TEXT_EMBEDS.name, RETRIEVAL_TEXT.name)
 

@@ -11,8 +11,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from blip2_runtime.contract import IMAGE, PIXEL_VALUES
 from blip2_runtime.errors import RequestValidationError
 from blip2_runtime.images import image_from_input
-from blip2_runtime.preprocess import ImagePreprocessor
-from blip2_runtime.triton_adapter import ModelLogger, input_array, output_response, respond_each
+from blip2_runtime.triton.responses import ModelLogger, input_array, output_response, respond_each
+from blip2_runtime.vision.preprocess import ImagePreprocessor
 
 
 class TritonPythonModel:

@@ -5,13 +5,12 @@ stream (one response per new piece of text, then a final flag) and what the unar
 relays (input `stream` false: one response with the whole text; `cancel` true: cancel the relayed
 request with the same id). The engine sends to the client's own response sender and polls the
 client's cancel flag, so every cancel (gRPC cancel, closed stream, passed deadline) reaches it
-without a second Triton request. The work is in blip2_runtime (front, inflight_engine, ...).
+without a second Triton request. The logic is in blip2_runtime.llm (front, engine, responder,
+relayed); this file only adapts Triton's requests and responses.
 """
 
-import collections
 import json
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -19,17 +18,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
-from blip2_runtime.contract import CANCEL, PUBLIC_INPUTS, RELAY_ID_PREFIX, STREAM, TEXT_OUTPUT
-from blip2_runtime.engine import GenerationRequest
+from blip2_runtime.contract import CANCEL, PUBLIC_INPUTS, STREAM, TEXT_OUTPUT
 from blip2_runtime.errors import RequestValidationError
-from blip2_runtime.front import Front
-from blip2_runtime.inflight_engine import EngineLimits, InflightEngine
-from blip2_runtime.preprocess import ImagePreprocessor
-from blip2_runtime.request_responder import RequestResponder
-from blip2_runtime.triton_adapter import (
+from blip2_runtime.llm.engine import EngineLimits, InflightEngine
+from blip2_runtime.llm.front import Front
+from blip2_runtime.llm.relayed import RelayedRequests
+from blip2_runtime.llm.responder import RequestResponder
+from blip2_runtime.triton.bls import BlsVision
+from blip2_runtime.triton.loop import BackgroundLoop
+from blip2_runtime.triton.metrics import EngineMetrics
+from blip2_runtime.triton.responses import (
     FINAL,
-    BackgroundLoop,
-    BlsFrontSteps,
     ModelLogger,
     error_response,
     input_array,
@@ -37,10 +36,7 @@ from blip2_runtime.triton_adapter import (
     output_response,
     text_array,
 )
-from blip2_runtime.triton_metrics import EngineMetrics
-
-# Cancels that came before the relayed request they name (kept briefly, bounded).
-EARLY_CANCELS = 1024
+from blip2_runtime.vision.preprocess import ImagePreprocessor
 
 
 class TritonPythonModel:
@@ -48,9 +44,7 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         self.logger = ModelLogger(config["name"])
         if not pb_utils.using_decoupled_model_transaction_policy(config):
-            raise pb_utils.TritonModelException(
-                f"{config['name']} must be decoupled (model_transaction_policy)"
-            )
+            raise pb_utils.TritonModelException(f"{config['name']} must be decoupled")
         limits = EngineLimits(
             max_active=int(model_parameter(config, "max_active_sequences")),
             max_sequence_tokens=int(model_parameter(config, "max_sequence_tokens")),
@@ -59,13 +53,11 @@ class TritonPythonModel:
         device = model_parameter(config, "device")
         here = Path(__file__).resolve().parent
         self.engine = InflightEngine.from_folder(here, device=device, limits=limits)
-        self.front = Front(ImagePreprocessor(here / "image_processor"), self.engine.checker, BlsFrontSteps())
+        self.front = Front(ImagePreprocessor(here / "image_processor"), self.engine.checker, BlsVision())
         self.engine.start()
         self.metrics = EngineMetrics(config["name"], self.engine)
         self.drain_timeout_s = float(model_parameter(config, "drain_timeout_s", "600"))
-        self.relayed: dict[str, RequestResponder] = {}
-        self.early_cancels: collections.OrderedDict[str, None] = collections.OrderedDict()
-        self.lock = threading.Lock()
+        self.relayed = RelayedRequests()
         self.loop = BackgroundLoop(self.logger)
         self.logger.info(f"ready ({model_parameter(config, 'llm_family')} on {device}, {limits})")
 
@@ -77,10 +69,9 @@ class TritonPythonModel:
     def _accept(self, request) -> None:
         sender = request.get_response_sender()
         request_id = request.request_id() or ""
-        relayed = request_id.startswith(RELAY_ID_PREFIX)
+        relayed = self.relayed.is_relayed(request_id)
         if _flag(input_array(request, CANCEL), default=False):
-            if relayed:
-                self._cancel_relayed(request_id)
+            self.relayed.cancel(request_id)
             sender.send(flags=FINAL)
             return
         try:
@@ -89,21 +80,17 @@ class TritonPythonModel:
             if stream and len(rows) != 1:
                 raise RequestValidationError(f"a streaming request holds one image, got {len(rows)}")
         except Exception as exc:
-            sender.send(error_response(exc, self.logger, tagged=relayed), flags=FINAL)
+            sender.send(error_response(exc, self.logger, tag=relayed), flags=FINAL)
             return
         holder: list[RequestResponder] = []
         responder = RequestResponder(
             len(rows),
             stream=stream,
-            send=self._sender(sender, request_id if relayed else "", holder, relayed),
+            send=self._sender(sender, request_id, holder, relayed),
             client_cancelled=_throttled(sender.is_cancelled),
         )
         holder.append(responder)
-        if relayed:
-            with self.lock:
-                self.relayed[request_id] = responder
-                if self.early_cancels.pop(request_id, False) is None:
-                    responder.cancel()
+        self.relayed.add(request_id, responder)
         self.metrics.submitted(responder)
         for index, row in enumerate(rows):
             self.loop.submit(self._generate(row, index, responder))
@@ -115,31 +102,17 @@ class TritonPythonModel:
             if responder.cancelled():
                 responder.sink(index).on_cancelled()
                 return
-            self.engine.submit(
-                GenerationRequest(query_embeds, row.prompt, row.settings), responder.sink(index)
-            )
+            self.engine.submit(row.request(query_embeds), responder.sink(index))
         except Exception as exc:
             responder.fail(index, exc)  # the request's other rows see is_cancelled() and leave
 
-    def _cancel_relayed(self, request_id: str) -> None:
-        with self.lock:
-            target = self.relayed.get(request_id)
-            if target is None:
-                self.early_cancels[request_id] = None
-                while len(self.early_cancels) > EARLY_CANCELS:
-                    self.early_cancels.popitem(last=False)
-        if target is not None:
-            target.cancel()
-
-    def _sender(self, sender, relayed_id: str, holder: list, tagged: bool):
+    def _sender(self, sender, request_id: str, holder: list, relayed: bool):
         def send(texts, error, final):
             if final:
-                if relayed_id:
-                    with self.lock:
-                        self.relayed.pop(relayed_id, None)
+                self.relayed.finished(request_id)
                 self.metrics.finished(holder[0], cancelled=holder[0].cancelled_by_client)
             if error is not None:
-                sender.send(error_response(error, self.logger, tagged=tagged), flags=FINAL)
+                sender.send(error_response(error, self.logger, tag=relayed), flags=FINAL)
             elif texts is not None:
                 response = output_response({TEXT_OUTPUT.name: text_array(texts)})
                 sender.send(response, flags=FINAL if final else 0)

@@ -8,9 +8,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from blip2_runtime.contract import ATTENTION_MASK, INPUT_IDS, RETRIEVAL_TEXT, TEXT_EMBEDS
 from blip2_runtime.errors import RequestValidationError
-from blip2_runtime.onnx_graph import OnnxGraph
-from blip2_runtime.text_matching import RetrievalSettings, TextTokenizer, text_from_input
-from blip2_runtime.triton_adapter import ModelLogger, input_array, model_parameter, respond_batched
+from blip2_runtime.retrieval.text_matching import RetrievalSettings, TextTokenizer, text_from_input
+from blip2_runtime.triton.responses import ModelLogger, input_array, model_parameter, respond_batched
+from blip2_runtime.vision.onnx_graph import OnnxGraph
 
 
 class TritonPythonModel:

@@ -9,8 +9,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from blip2_runtime.contract import PIXEL_VALUES, QUERY_EMBEDS
-from blip2_runtime.triton_adapter import ModelLogger, model_parameter, required_rows, respond_batched
-from blip2_runtime.vision import OnnxVisionEncoder
+from blip2_runtime.triton.responses import ModelLogger, model_parameter, required_rows, respond_batched
+from blip2_runtime.vision.encoder import OnnxVisionEncoder
 
 
 class TritonPythonModel:

@@ -8,9 +8,9 @@ Python backend 2.51, so a front must refuse bad input itself to answer INVALID_A
 
 from __future__ import annotations
 
-from .contract import GenerationSettings
-from .engine import LlmSettings
-from .errors import RequestValidationError
+from ..contract import GenerationSettings
+from ..errors import RequestValidationError
+from .checkpoint import LlmSettings
 
 # T5 has no position table; Flan-T5's tokenizer says 512 (``model_max_length``) and was trained so.
 DEFAULT_ENCODER_TOKENS = 512

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from .errors import RequestCancelledError
+from ..errors import ClientGoneError
 
 # send(outputs or None, error or None, final)
 Send = Callable[[list[str] | None, BaseException | None, bool], None]
@@ -50,10 +50,6 @@ class RequestResponder:
 
     def sink(self, row: int) -> RowSink:
         return RowSink(self, row)
-
-    @property
-    def answered(self) -> bool:
-        return self._answered
 
     def cancel(self) -> None:
         """Cancel the request from outside the engine (a control message, a shutdown)."""
@@ -95,12 +91,12 @@ class RequestResponder:
                 return
             self._answered = True
             self.finished_at = time.monotonic()
-            self.cancelled_by_client = isinstance(error, RequestCancelledError)
+            self.cancelled_by_client = isinstance(error, ClientGoneError)
             self._send(None, error, True)
 
 
 class RowSink:
-    """The engine's view of one row: the ``RequestSink`` protocol of ``inflight_engine``."""
+    """The engine's view of one row: the ``RequestSink`` protocol of ``llm.engine``."""
 
     def __init__(self, responder: RequestResponder, row: int) -> None:
         self._responder = responder
@@ -117,7 +113,7 @@ class RowSink:
         self._responder.fail(self._row, exc)
 
     def on_cancelled(self) -> None:
-        self._responder.fail(self._row, RequestCancelledError())
+        self._responder.fail(self._row, ClientGoneError())
 
     def is_cancelled(self) -> bool:
         return self._responder.cancelled()

@@ -28,17 +28,22 @@ from typing import Protocol
 
 import numpy as np
 
-from .engine import GenerationRequest, LlmSettings
-from .engine_factory import ENGINES
-from .errors import EngineOverloadedError, RequestValidationError
+from ..errors import EngineOverloadedError, RequestValidationError
+from .beam_search import BeamSearch
+from .checkpoint import GenerationRequest, LlmSettings, context_length, load_language_model
+from .detokenizer import Detokenizer
+from .opt_stepper import OptStepper
 from .prompt_check import PromptChecker, encoder_token_limit
-from .prompt_engine import context_length, load_language_model
+from .t5_stepper import T5Stepper
+from .token_choice import TokenChoice
 
 IDLE_WAIT_S = 0.05
 
 
 class RequestSink(Protocol):
     """Where one request's results go (called from the engine's threads)."""
+
+    wants_pieces: bool  # false: a unary request, on_text gets "" and the text comes with on_finish
 
     def on_text(self, piece: str) -> None: ...  # once per generated token; "" when nothing settled
     def on_finish(self, text: str) -> None: ...
@@ -53,11 +58,11 @@ class _GuardedSink:
 
     def __init__(self, sink: RequestSink) -> None:
         self._sink = sink
-        self.wants_pieces = getattr(sink, "wants_pieces", True)
+        self.wants_pieces = sink.wants_pieces
 
     def _call(self, name: str, *args):
         try:
-            return getattr(self._sink, name)(*args)
+            return getattr(self._sink, name)(*args)  # one guard for the five callbacks
         except Exception:
             traceback.print_exc()
             return None
@@ -93,8 +98,8 @@ class _Sequence:
 
     request: GenerationRequest
     sink: RequestSink
-    choice: object
-    detokenizer: object
+    choice: TokenChoice
+    detokenizer: Detokenizer
     history: list[int]
     next_token: int = -1
     generated: int = 0
@@ -121,9 +126,6 @@ class InflightEngine:
     ) -> None:
         import torch
 
-        from .decoder_opt import OptStepper
-        from .decoder_t5 import T5Stepper
-
         self._torch = torch
         self.model = model
         self.tokenizer = tokenizer
@@ -131,7 +133,7 @@ class InflightEngine:
         self.limits = limits
         self.device = device
         self.encoder_decoder = settings.family == "t5"
-        context = context_length(model.config, settings)
+        context = context_length(model.config, settings.family)
         self.checker = PromptChecker(
             tokenizer, settings, context_length=context, max_sequence_tokens=limits.max_sequence_tokens
         )
@@ -143,7 +145,7 @@ class InflightEngine:
                 raise ValueError(f"unsupported attention implementation {model.config._attn_implementation}")
             self.stepper = OptStepper(model, limits.max_active, limits.max_sequence_tokens)
         self.hidden = model.get_input_embeddings().embedding_dim
-        self.beam_engine = ENGINES[settings.family](model, tokenizer, settings, device)
+        self.beam_search = BeamSearch(model, tokenizer, settings, device)
         self._pending: collections.deque = collections.deque()
         self._beams: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
@@ -186,7 +188,7 @@ class InflightEngine:
                 )
             sink = _GuardedSink(sink)
             if beam:
-                self._beams.put((request, sink))
+                self._beams.put((request, sink, ids))
             else:
                 self._pending.append((request, sink, ids))
                 self._wake.notify()
@@ -248,10 +250,13 @@ class InflightEngine:
     # -- checks ------------------------------------------------------------------------------------
 
     def _check(self, request: GenerationRequest) -> list[int]:
+        """The request's input ids: those ``self.checker`` gave it (``prompt_ids``), or checked now."""
         expected = (self.settings.num_query_tokens, self.hidden)
         shape = tuple(np.shape(request.query_embeds))
         if shape != expected:
             raise RequestValidationError(f"query_embeds has shape {shape}, expected {expected}")
+        if request.prompt_ids is not None:
+            return list(request.prompt_ids)
         return self.checker.check(request.prompt, request.settings)
 
     # -- the decode loop ---------------------------------------------------------------------------
@@ -307,9 +312,6 @@ class InflightEngine:
         self._rows.pop()
 
     def _new_sequence(self, request: GenerationRequest, sink: RequestSink, start_ids: list[int]) -> _Sequence:
-        from .detokenizer import Detokenizer
-        from .token_choice import TokenChoice
-
         choice = TokenChoice(self.model, request.settings, len(start_ids), self.device)
         return _Sequence(request, sink, choice, Detokenizer(self.tokenizer), list(start_ids))
 
@@ -420,12 +422,12 @@ class InflightEngine:
         sequence.next_token = token
         with self._lock:
             self._stats.generated_tokens += 1
-        piece = sequence.detokenizer.add(token, pieces=getattr(sequence.sink, "wants_pieces", True))
+        piece = sequence.detokenizer.add(token, pieces=sequence.sink.wants_pieces)
         sequence.sink.on_text(piece)  # "" when nothing settled: still one call per token
         if sequence.choice.stops(token, sequence.generated):
             text, last = sequence.detokenizer.finish()
             self._remove(row)
-            if last and getattr(sequence.sink, "wants_pieces", True):
+            if last and sequence.sink.wants_pieces:
                 sequence.sink.on_text(last)
             with self._lock:
                 self._stats.finished += 1
@@ -438,7 +440,7 @@ class InflightEngine:
             item = self._beams.get()
             if item is None:
                 return
-            request, sink = item
+            request, sink, ids = item
             if sink.is_cancelled():
                 with self._lock:
                     self._stats.cancelled += 1
@@ -449,7 +451,7 @@ class InflightEngine:
                 self._stats.beam_requests += 1
             try:
                 # Asked between beam steps: a cancel ends the generate call at the next step.
-                (text,) = self.beam_engine.generate([replace(request, cancelled=sink.is_cancelled)])
+                text = self.beam_search.generate(replace(request, cancelled=sink.is_cancelled), ids)
             except Exception as exc:
                 text = exc
             finally:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .contract import PIXEL_VALUES, QUERY_EMBEDS
+from ..contract import PIXEL_VALUES, QUERY_EMBEDS
 from .onnx_graph import OnnxGraph
 
 

@@ -19,11 +19,12 @@ from typing import Protocol
 
 import numpy as np
 
-from .contract import GENERATION_INPUT_NAMES, GenerationSettings
-from .errors import RequestCancelledError, RequestValidationError
-from .generation import parse_prompt, parse_settings
-from .images import image_from_input
-from .preprocess import ImagePreprocessor
+from ..contract import GENERATION_INPUT_NAMES, GenerationSettings
+from ..errors import ClientGoneError, RequestValidationError
+from ..images import image_from_input
+from ..settings import parse_prompt, parse_settings
+from ..vision.preprocess import ImagePreprocessor
+from .checkpoint import GenerationRequest
 from .prompt_check import PromptChecker
 
 
@@ -36,11 +37,16 @@ class FrontSteps(Protocol):
 
 @dataclass(frozen=True)
 class FrontRow:
-    """One row of a public request, checked."""
+    """One row of a public request, checked: its prompt already tokenized (``prompt_ids``)."""
 
     image: bytes
     prompt: str
     settings: GenerationSettings
+    prompt_ids: tuple[int, ...]
+
+    def request(self, query_embeds: np.ndarray) -> GenerationRequest:
+        """What the engine takes for this row, once its image is encoded."""
+        return GenerationRequest(query_embeds, self.prompt, self.settings, prompt_ids=self.prompt_ids)
 
 
 class Front:
@@ -63,14 +69,14 @@ class Front:
             prompt = parse_prompt(None if prompts is None else prompts[row])
             raw = {name: inputs.get(name) for name in GENERATION_INPUT_NAMES}
             settings = parse_settings({name: (None if a is None else a[row]) for name, a in raw.items()})
-            self.checker.check(prompt, settings)
-            rows.append(FrontRow(image, prompt, settings))
+            ids = self.checker.check(prompt, settings)
+            rows.append(FrontRow(image, prompt, settings, tuple(ids)))
         return rows
 
     async def encode(self, row: FrontRow, is_cancelled: Callable[[], bool]) -> np.ndarray:
         """The ``[Q, D]`` query embeddings of a row's image; a cancelled request stops before vision."""
         pixel_values = await asyncio.to_thread(self.preprocessor, row.image)
         if is_cancelled():
-            raise RequestCancelledError()
+            raise ClientGoneError()
         query_embeds = await self.steps.encode(pixel_values[None])
         return query_embeds[0]

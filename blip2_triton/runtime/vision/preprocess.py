@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .images import decode_image
+from ..images import decode_image
 
 
 class ImagePreprocessor:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .contract import MAX_PROMPT_CHARS
-from .errors import RequestValidationError
+from ..contract import MAX_PROMPT_CHARS
+from ..errors import RequestValidationError
 
 SETTINGS_FILE = "retrieval.json"
 

@@ -14,8 +14,8 @@ import os
 
 import torch
 
-from .contract import GenerationSettings
-from .generation import generate_kwargs
+from ..contract import GenerationSettings
+from ..settings import generate_kwargs
 
 
 class TokenChoice:

@@ -7,26 +7,8 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from .contract import (
-    DEFAULT_MAX_TOKENS,
-    MAX_BEAM_WIDTH,
-    MAX_PROMPT_CHARS,
-    MAX_TOKENS_CAP,
-    GenerationSettings,
-)
+from .contract import DEFAULT_MAX_TOKENS, MAX_BEAM_WIDTH, MAX_PROMPT_CHARS, MAX_TOKENS_CAP, GenerationSettings
 from .errors import RequestValidationError
-
-
-def runs_alone(settings: GenerationSettings) -> bool:
-    """A seeded sampling request runs alone, so its text depends on its seed and nothing else."""
-    return settings.sampling and settings.random_seed is not None
-
-
-def batch_key(settings: GenerationSettings) -> tuple:
-    """Requests with equal keys can share one ``generate`` call and get what they would alone."""
-    values = settings.to_dict()
-    values.pop("random_seed", None)
-    return tuple(sorted(values.items()))
 
 
 def generate_kwargs(settings: GenerationSettings) -> dict[str, Any]:

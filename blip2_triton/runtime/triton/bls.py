@@ -1,0 +1,102 @@
+"""Calls from one Triton Python model to another (BLS): unary steps and decoupled calls.
+
+Python backend 2.51 reports every error of a called model as INTERNAL (the callee's INVALID_ARG is
+lost) but keeps its message; ``step_error`` turns the message back into our error where it can.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from .. import contract as C
+from ..errors import RequestValidationError, error_from_step_message, from_tagged, one_line
+
+
+class StepFailedError(Exception):
+    """A model called through BLS answered with an error other than INVALID_ARG (answered INTERNAL)."""
+
+
+def step_error(model_name: str, error) -> Exception:
+    """The exception for a called model's error: ours by message, else ``StepFailedError``."""
+    code = error.code() if hasattr(error, "code") else None
+    if code == pb_utils.TritonError.INVALID_ARG:
+        return RequestValidationError(error.message())
+    return (
+        from_tagged(error.message())
+        or error_from_step_message(error.message())
+        or StepFailedError(f"{model_name}: {error.message()}")
+    )
+
+
+async def call_model(model_name: str, inputs: dict[str, np.ndarray], outputs: Sequence[str]) -> dict:
+    """Run another model of the repository through BLS; outputs by name.
+
+    Python backend 2.51 reports every error of a called model as INTERNAL (the callee's INVALID_ARG
+    is lost), so a caller should check its inputs itself before calling.
+    """
+    request = pb_utils.InferenceRequest(
+        model_name=model_name,
+        requested_output_names=list(outputs),
+        inputs=[pb_utils.Tensor(name, array) for name, array in inputs.items()],
+    )
+    response = await request.async_exec()
+    if response.has_error():
+        raise step_error(model_name, response.error())
+    return {name: pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in outputs}
+
+
+class BlsVision:
+    """``front.FrontSteps`` over Triton BLS: ``blip2_vision``."""
+
+    async def encode(self, pixel_values: np.ndarray) -> np.ndarray:
+        outputs = await call_model(C.VISION_MODEL, {C.PIXEL_VALUES: pixel_values}, [C.QUERY_EMBEDS])
+        return outputs[C.QUERY_EMBEDS]
+
+
+class DecoupledCall:
+    """One BLS request to a decoupled model, read to its final response on a thread of its own.
+
+    Python backend 2.51 must never lose a decoupled BLS response iterator before the callee sent its
+    final response (the callee's later responses then reach freed state in tritonserver). So the
+    request is sent and its iterator read to the end by a daemon thread, whatever the caller does
+    meanwhile: a caller that stops waiting (its client left) simply stops looking at ``future``.
+    """
+
+    def __init__(
+        self, model_name: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str], request_id: str
+    ):
+        from concurrent.futures import Future
+
+        self.future: Future = Future()
+        self._request = pb_utils.InferenceRequest(
+            model_name=model_name,
+            requested_output_names=list(outputs),
+            inputs=[pb_utils.Tensor(name, array) for name, array in inputs.items()],
+            request_id=request_id,
+        )
+        self._model_name = model_name
+        self._outputs = list(outputs)
+        thread = threading.Thread(target=self._read, name="blip2-bls-call", daemon=True)
+        thread.start()
+
+    def _read(self) -> None:
+        results: list[dict[str, np.ndarray]] = []
+        error: BaseException | None = None
+        try:
+            for response in self._request.exec(decoupled=True):
+                if response.has_error():
+                    error = error or step_error(self._model_name, response.error())
+                    continue
+                found = {name: pb_utils.get_output_tensor_by_name(response, name) for name in self._outputs}
+                if any(tensor is not None for tensor in found.values()):
+                    results.append({n: t.as_numpy() for n, t in found.items() if t is not None})
+        except Exception as exc:  # the call itself failed (model gone, server stopping)
+            error = error or StepFailedError(f"{self._model_name}: {one_line(exc)}")
+        if error is not None:
+            self.future.set_exception(error)
+        else:
+            self.future.set_result(results)
