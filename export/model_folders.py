@@ -51,8 +51,14 @@ class ModelFolders:
         return version
 
     def onnx_model(self, name: str, backend: str) -> Path:
-        """A model serving an ONNX graph: onnxruntime in the Python backend, or Triton's own backend."""
-        return self.model(name, python=backend == "python", template=f"config.{backend}.pbtxt.tmpl")
+        """A model serving an image graph: onnxruntime in the Python backend (the one ``model.py`` of
+        ``blip2_vision``, which serves whatever outputs the config names), or Triton's own backend."""
+        return self.model(
+            name,
+            python=backend == "python",
+            template=f"config.{backend}.pbtxt.tmpl",
+            code_from=C.VISION_MODEL,
+        )
 
     def preprocess(self, checkpoint: Checkpoint) -> Path:
         """``blip2_preprocess`` (image bytes -> pixel values), shared by every architecture."""

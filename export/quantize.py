@@ -4,7 +4,7 @@ The vision graph (ViT + Q-Former + projection) is written in float32 and checked
 as usual, then its MatMul weights are quantized to int8 with onnxruntime's dynamic quantizer
 (int8 weights, activations quantized at run time) and the int8 graph replaces it. Its difference
 from PyTorch is measured and recorded, not held to the float tolerance. The language model's
-linear layers are quantized when the LLM stage loads them (``blip2_triton.runtime.quantization``).
+linear layers are quantized when the LLM stage loads them (``blip2_triton.runtime.llm.quantization``).
 """
 
 from __future__ import annotations

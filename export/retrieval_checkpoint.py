@@ -39,7 +39,7 @@ class RetrievalCheckpoint(Checkpoint):
         }
 
     def text_settings(self) -> RetrievalSettings:
-        """How texts reach the Q-Former, read from the processor and the config (see runtime.text_matching)."""
+        """How texts reach the Q-Former, read from the processor and the config (see runtime.retrieval.text_matching)."""
         config, processor = self.model.config, self.processor
         tokenizer = processor.tokenizer
         processor_queries = getattr(processor, "num_query_tokens", None)

@@ -193,3 +193,21 @@ def test_bf16_export_keeps_the_vision_graph_fp32_and_the_language_model_bf16(sma
     session = ort.InferenceSession(str(output / "blip2_vision" / "1" / "model.onnx"))
     (actual,) = session.run(None, {"pixel_values": pixels.numpy()})
     np.testing.assert_allclose(actual, expected, atol=1e-4)
+
+
+def test_every_tensor_a_template_names_is_a_contract_name():
+    """The contract owns tensor names: a config template may only name tensors it defines."""
+    import re
+
+    from blip2_triton.runtime import contract as C
+
+    known = {value.name for value in vars(C).values() if isinstance(value, C.TensorSpec)}
+    known |= {value for name, value in vars(C).items() if name.isupper() and isinstance(value, str)}
+    known |= set(C.GENERATION_INPUT_NAMES)
+    named = {
+        (path.relative_to(template_dir()).as_posix(), name)
+        for path in template_dir().glob("*/config*.tmpl")
+        for name in re.findall(r'\{ name: "(\w+)" data_type', path.read_text())
+    }
+    assert named, "no tensor line found in the templates"
+    assert sorted(entry for entry in named if entry[1] not in known) == []

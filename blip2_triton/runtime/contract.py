@@ -87,7 +87,7 @@ class GenerationSettings:
     The one list of generation settings: the configs, the Triton models, the client SDK and the
     CLI all take them from here. ``None`` means "not sent": the server then applies the
     checkpoint's own default (``max_tokens``: ``DEFAULT_MAX_TOKENS``). Types are checked here;
-    ranges are checked by the server (``runtime.generation.parse_settings``).
+    ranges are checked by the server (``runtime.settings.parse_settings``).
     """
 
     max_tokens: int | None = _setting("TYPE_INT32", f"new tokens at most (default {DEFAULT_MAX_TOKENS})")

@@ -117,3 +117,17 @@ class RowSink:
 
     def is_cancelled(self) -> bool:
         return self._responder.cancelled()
+
+
+def throttled(check: Callable[[], bool], interval_s: float = 0.01) -> Callable[[], bool]:
+    """``check()`` at most every ``interval_s``, sticky once true (each call of Triton's
+    ``is_cancelled`` is a round trip from the stub to the server)."""
+    state = {"at": 0.0, "value": False}
+
+    def checked() -> bool:
+        now = time.monotonic()
+        if not state["value"] and now - state["at"] >= interval_s:
+            state["at"], state["value"] = now, bool(check())
+        return state["value"]
+
+    return checked

@@ -50,11 +50,20 @@ async def call_model(model_name: str, inputs: dict[str, np.ndarray], outputs: Se
 
 
 class BlsVision:
-    """``front.FrontSteps`` over Triton BLS: ``blip2_vision``."""
+    """``llm.front.FrontSteps`` over Triton BLS: ``blip2_vision``."""
 
     async def encode(self, pixel_values: np.ndarray) -> np.ndarray:
         outputs = await call_model(C.VISION_MODEL, {C.PIXEL_VALUES: pixel_values}, [C.QUERY_EMBEDS])
         return outputs[C.QUERY_EMBEDS]
+
+
+class BlsSteps:
+    """``retrieval.itm_front.ItmSteps`` over Triton BLS."""
+
+    async def call(
+        self, model: str, inputs: Mapping[str, np.ndarray], outputs: list[str]
+    ) -> dict[str, np.ndarray]:
+        return await call_model(model, dict(inputs), outputs)
 
 
 class DecoupledCall:

@@ -11,7 +11,6 @@ relayed); this file only adapts Triton's requests and responses.
 
 import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -23,7 +22,7 @@ from blip2_runtime.errors import RequestValidationError
 from blip2_runtime.llm.engine import EngineLimits, InflightEngine
 from blip2_runtime.llm.front import Front
 from blip2_runtime.llm.relayed import RelayedRequests
-from blip2_runtime.llm.responder import RequestResponder
+from blip2_runtime.llm.responder import RequestResponder, throttled
 from blip2_runtime.triton.bls import BlsVision
 from blip2_runtime.triton.loop import BackgroundLoop
 from blip2_runtime.triton.metrics import EngineMetrics
@@ -87,7 +86,7 @@ class TritonPythonModel:
             len(rows),
             stream=stream,
             send=self._sender(sender, request_id, holder, relayed),
-            client_cancelled=_throttled(sender.is_cancelled),
+            client_cancelled=throttled(sender.is_cancelled),
         )
         holder.append(responder)
         self.relayed.add(request_id, responder)
@@ -132,16 +131,3 @@ class TritonPythonModel:
 def _flag(array, *, default: bool) -> bool:
     """A boolean control input: its first value, or ``default`` when the request left it out."""
     return default if array is None else bool(np.asarray(array).reshape(-1)[0])
-
-
-def _throttled(check, interval_s: float = 0.01):
-    """``check()`` at most every ``interval_s`` (each call is a round trip to the server)."""
-    state = {"at": 0.0, "value": False}
-
-    def throttled() -> bool:
-        now = time.monotonic()
-        if not state["value"] and now - state["at"] >= interval_s:
-            state["at"], state["value"] = now, bool(check())
-        return state["value"]
-
-    return throttled
