@@ -44,7 +44,7 @@ perf: setup ## perf_analyzer load test of PERF_REPO=<export> (default: a tiny mo
 	@$(BIN)/python benchmarks/perf_ensemble.py $(if $(PERF_REPO),--repository "$(PERF_REPO)") $(PERF_ARGS)
 
 train-scenes: setup ## train the scene checkpoints from scratch (20-27 min, 2 CPU cores) into blip2_triton/fixtures/checkpoints
-	@$(BIN)/python -P -m blip2_triton.scenes.train --cache "$(WORK)/scenes-train.npy"
+	@$(BIN)/python -P -m blip2_triton_train.train --output blip2_triton/fixtures/checkpoints --cache "$(WORK)/scenes-train.npy"
 
 eval-scenes: setup ## held-out scenes through the served scene checkpoints: caption, VQA, retrieval figures
 	@$(BIN)/python -P -m blip2_triton.scenes.eval_command --work-dir "$(WORK)/eval-scenes"

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3.11}
 VENV=.venv
 STAMP=$VENV/.setup-stamp
-want=$(cat requirements.lock requirements-dev.lock pyproject.toml | sha256sum | cut -d' ' -f1)
+want=$(cat requirements.lock requirements-dev.lock pyproject.toml training/pyproject.toml | sha256sum | cut -d' ' -f1)
 
 if ! ldconfig -p 2>/dev/null | grep -q 'libb64.so.0d'; then
   echo "setup: installing libb64-0d (needed by perf_analyzer)"
@@ -33,7 +33,9 @@ pip_install --upgrade pip setuptools wheel
 echo "setup: installing pinned dependencies (torch, transformers, onnxruntime, tritonserver, tritonclient); log: $LOG"
 pip_install -r requirements.lock -r requirements-dev.lock
 pip_install --no-deps --no-build-isolation -e .
-$VENV/bin/python -c "import torch, transformers, onnxruntime, tritonclient.grpc, pytriton, blip2_triton" \
+# The scene-model training (make train-scenes): a distribution of its own, not in the serving wheel.
+pip_install --no-deps --no-build-isolation -e training
+$VENV/bin/python -c "import torch, transformers, onnxruntime, tritonclient.grpc, pytriton, blip2_triton, blip2_triton_train" \
   || { echo "setup: the environment is incomplete (log: $LOG)" >&2; exit 1; }
 echo "$want" > "$STAMP"
 echo "setup: done"

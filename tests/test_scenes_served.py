@@ -16,13 +16,13 @@ from blip2_triton.client.prompts import vqa_prompt as sdk_vqa_prompt
 from blip2_triton.scenes.checkpoints import captioner_checkpoint, image_size_of, retriever_checkpoint
 from blip2_triton.scenes.eval_command import served
 from blip2_triton.scenes.heldout import heldout_questions
+from blip2_triton.scenes.language import vqa_prompt
 from blip2_triton.scenes.served_eval import (
     evaluate_generation,
     evaluate_retrieval,
     gallery_scenes,
     heldout_scenes,
 )
-from blip2_triton.scenes.vocab import vqa_prompt
 
 pytestmark = pytest.mark.server
 

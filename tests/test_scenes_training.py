@@ -9,15 +9,15 @@ import pytest
 import torch
 
 from blip2_triton.scenes import caption, generate_scene, render_scene
-from blip2_triton.scenes.data import IGNORE, SceneSet, SequenceBuilder, pixel_values, shape_positions
 from blip2_triton.scenes.generator import POSITIONS, SHAPES
-from blip2_triton.scenes.language import POSITION_PHRASES, questions
+from blip2_triton.scenes.language import POSITION_PHRASES, questions, vqa_prompt
 from blip2_triton.scenes.metrics import recall_at_k, rerank, token_f1
-from blip2_triton.scenes.models import SceneModelSpec, new_captioner, new_retriever, processor_for
-from blip2_triton.scenes.negatives import altered_caption
-from blip2_triton.scenes.plot import plot_losses
-from blip2_triton.scenes.retriever_training import TextBatcher, image_features, itm_logits, text_features
-from blip2_triton.scenes.vocab import bert_tokenizer, opt_tokenizer, vqa_prompt
+from blip2_triton_train.data import IGNORE, SceneSet, SequenceBuilder, pixel_values, shape_positions
+from blip2_triton_train.models import SceneModelSpec, new_captioner, new_retriever, processor_for
+from blip2_triton_train.negatives import altered_caption
+from blip2_triton_train.plot import plot_losses
+from blip2_triton_train.retriever_training import TextBatcher, image_features, itm_logits, text_features
+from blip2_triton_train.vocab import bert_tokenizer, opt_tokenizer
 
 SPEC = SceneModelSpec()
 
@@ -135,8 +135,8 @@ def test_captioned_grid(tmp_path) -> None:
 
 
 def test_train_settings_parse_booleans() -> None:
-    from blip2_triton.scenes.train import _overridden
-    from blip2_triton.scenes.training import TrainConfig
+    from blip2_triton_train.train import _overridden
+    from blip2_triton_train.training import TrainConfig
 
     assert _overridden(TrainConfig(), ["retrieval_tunes_vision=0"]).retrieval_tunes_vision is False
     assert _overridden(TrainConfig(), ["retrieval_tunes_vision=true"]).retrieval_tunes_vision is True

@@ -3,6 +3,9 @@
 The import graph is read from the source with ``ast`` (every import, at module level or inside a
 function, counts: a lazy import hides a circle, it does not remove it) so that a circle fails here
 the day it is written, whatever order the modules happen to be imported in.
+
+The scene-model training (``training/``, package ``blip2_triton_train``) is a distribution of its
+own: the serving package never imports it, and neither the wheel nor the images carry it.
 """
 
 from __future__ import annotations
@@ -10,8 +13,10 @@ from __future__ import annotations
 import ast
 import importlib
 import pkgutil
+import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -24,6 +29,9 @@ ROOT = Path(__file__).resolve().parent.parent
 MAPPED_FOLDERS = ("export", "client", "model_repository")
 # Modules that only Triton's Python-backend stub can import: it provides this module.
 STUB_MODULE = "triton_python_backend_utils"
+# The scene-model training: its own distribution, never in the serving wheel or images.
+TRAINING_FOLDER = ROOT / "training"
+TRAINING_PACKAGE = "blip2_triton_train"
 
 
 def _package_modules() -> dict[str, Path]:
@@ -156,10 +164,61 @@ def test_the_source_never_imports_a_folder_by_its_checkout_name() -> None:
             assert not set(roots) & set(MAPPED_FOLDERS), f"{name} imports {roots}"
 
 
+def _training_modules() -> set[str]:
+    """The module names of the training package (``train``, ``data``, ...)."""
+    modules = {p.stem for p in (TRAINING_FOLDER / TRAINING_PACKAGE).glob("*.py")} - {"__init__"}
+    assert {"train", "training", "captioner_training", "retriever_training"} <= modules, modules
+    return modules
+
+
+def test_the_package_never_imports_the_training() -> None:
+    """Serving, the demo and ``eval`` run without ``blip2_triton_train`` installed."""
+    for name, path in _package_modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                roots = {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                roots = {node.module.split(".")[0]}
+            else:
+                continue
+            assert TRAINING_PACKAGE not in roots, f"{name} imports the training package"
+    scenes = {n.rpartition(".")[2] for n in _package_modules() if n.startswith(f"{PACKAGE}.scenes.")}
+    assert scenes, "no blip2_triton.scenes module found"
+    assert scenes & _training_modules() == set()
+
+
+def test_the_images_copy_no_training_code() -> None:
+    """The Dockerfiles copy named folders only, and their build contexts leave ``training/`` out."""
+    for dockerfile in sorted((ROOT / "docker").glob("Dockerfile*")):
+        if dockerfile.suffix == ".dockerignore":
+            lines = [line.strip() for line in dockerfile.read_text().splitlines()]
+            assert "*" in lines, dockerfile  # everything out, then the image's folders back in
+            assert not [line for line in lines if line.startswith("!") and "training" in line], dockerfile
+            continue
+        copies = [line for line in dockerfile.read_text().splitlines() if line.startswith("COPY ")]
+        assert copies, dockerfile
+        assert not [line for line in copies if "training" in line or " . " in line], dockerfile
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """The wheel built from the checkout, and the build's output."""
+    """The wheel built from a copy of the checkout's files, and the build's output.
+
+    A copy, not the checkout: setuptools packs whatever an earlier build left in ``build/lib``
+    (modules since moved or deleted included), and the checkout's ``build/`` is shared.
+    """
     out = tmp_path_factory.mktemp("wheel")
+    source = tmp_path_factory.mktemp("source")
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        if (ROOT / name).is_file():  # deleted in the work tree but still in the index: not copied
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
     build = subprocess.run(
         [
             sys.executable,
@@ -170,7 +229,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
             "--no-build-isolation",
             "-w",
             str(out),
-            str(ROOT),
+            str(source),
         ],
         capture_output=True,
         text=True,
@@ -188,8 +247,6 @@ def test_the_wheel_builds_without_warnings(wheel: tuple[Path, str]) -> None:
 
 
 def test_the_wheel_ships_what_an_installed_package_needs(wheel: tuple[Path, str]) -> None:
-    import zipfile
-
     path, _ = wheel
     names = set(zipfile.ZipFile(path).namelist())
     for model in ("blip2", "blip2_stream", "blip2_vision", "blip2_preprocess", "blip2_itm"):
@@ -198,6 +255,21 @@ def test_the_wheel_ships_what_an_installed_package_needs(wheel: tuple[Path, str]
     assert "blip2_triton/fixtures/samples/sky_circle.jpg" in names
     assert "blip2_triton/runtime/contract.py" in names
     assert not [n for n in names if n.startswith(("tests/", "export/", "client/", "samples/"))]
+
+
+def test_the_wheel_carries_no_training_code(wheel: tuple[Path, str]) -> None:
+    """The scenes serving, the demo and ``eval`` need are in; the training package is not."""
+    path, _ = wheel
+    names = set(zipfile.ZipFile(path).namelist())
+    for module in ("generator", "render", "language", "checkpoints", "served_eval", "eval_command", "demo"):
+        assert f"blip2_triton/scenes/{module}.py" in names, module
+    assert "blip2_triton/fixtures/checkpoints/scenes-opt/model.safetensors" in names
+    assert not [n for n in names if n.startswith((f"{TRAINING_PACKAGE}/", "training/"))]
+    scenes = {Path(n).stem for n in names if n.startswith("blip2_triton/scenes/") and n.endswith(".py")}
+    assert scenes & _training_modules() == set()
+    with zipfile.ZipFile(path) as archive:  # under any name: no optimiser step in the wheel
+        trains = [n for n in names if n.endswith(".py") and b".backward(" in archive.read(n)]
+    assert trains == []
 
 
 def test_the_installed_wheel_runs_the_demo(wheel: tuple[Path, str], tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Procedural scenes of coloured shapes, and a small BLIP-2 trained on them.
+"""Procedural scenes of coloured shapes, and what serving, the demo and ``eval`` do with the small
+BLIP-2 trained on them (the training itself is ``blip2_triton_train``, not in this package).
 
 ``generator`` samples a scene from a seed, ``render`` draws it with Pillow, ``language`` gives its
 caption and question/answer pairs. Everything is deterministic given the seed.

@@ -1,7 +1,8 @@
 """The words of a scene: its caption and its question/answer pairs.
 
 Captions name the groups in ``SHAPES`` order, then the background: "two red circles and a blue
-square on a white background". Questions come in four kinds: count, colour, position and yes/no.
+square on a white background". Questions come in four kinds: count, colour, position and yes/no;
+``vqa_prompt`` is how a question is put to the OPT model.
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ class QA:
     question: str
     answer: str
     kind: str
+
+
+def vqa_prompt(question: str) -> str:
+    """OPT's BLIP-2 question prompt, as the SDK sends it (``client/prompts.py``)."""
+    return f"Question: {question} Answer:"
 
 
 def plural(shape: str) -> str:

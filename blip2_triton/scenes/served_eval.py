@@ -15,10 +15,9 @@ import numpy as np
 
 from .generator import Scene, generate_scene
 from .heldout import HELDOUT_BASE, heldout_questions, heldout_seeds
-from .language import caption
+from .language import caption, vqa_prompt
 from .metrics import Tally, exact_match, recall_at_k, rerank, token_f1
 from .render import render_scene
-from .vocab import vqa_prompt
 
 GALLERY_OFFSET = 500_000  # retrieval galleries are drawn from seeds HELDOUT_BASE + 500000 on
 

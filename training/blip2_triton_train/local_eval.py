@@ -7,12 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .generator import generate_scene
-from .heldout import heldout_questions, heldout_seeds
-from .language import caption
-from .metrics import Tally, exact_match, token_f1
-from .render import render_scene
-from .vocab import vqa_prompt
+from blip2_triton.scenes.generator import generate_scene
+from blip2_triton.scenes.heldout import heldout_questions, heldout_seeds
+from blip2_triton.scenes.language import caption, vqa_prompt
+from blip2_triton.scenes.metrics import Tally, exact_match, token_f1
+from blip2_triton.scenes.render import render_scene
 
 
 def generate_texts(model, processor, images, prompts, max_new_tokens: int = 30, batch: int = 64) -> list[str]:

@@ -8,7 +8,10 @@ Reproducible from ``--seed`` (same machine, same thread count). Writes ``scenes-
 ``scenes-itm/`` (``save_pretrained`` layout, safetensors), ``training.json`` (settings, times,
 losses) and ``training_loss.png``.
 
-    python -m blip2_triton.scenes.train [--output DIR] [--set caption_steps=3000 ...]
+    python -m blip2_triton_train.train [--output DIR] [--set caption_steps=3000 ...]
+
+The default output is the folder the serving package ships them from
+(``blip2_triton/fixtures/checkpoints``; the checkout's own with an editable install).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import time
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
+from blip2_triton.scenes.checkpoints import checkpoints_dir
+
 from .captioner_training import train_captioner
 from .data import SceneSet
 from .models import SceneModelSpec
@@ -27,7 +32,7 @@ from .plot import plot_losses
 from .retriever_training import train_retriever
 from .training import TrainConfig, log
 
-DEFAULT_OUTPUT = Path(__file__).resolve().parent.parent / "fixtures" / "checkpoints"
+DEFAULT_OUTPUT = checkpoints_dir()
 
 
 def _overridden(config, overrides: list[str]):

@@ -16,8 +16,9 @@ import math
 import random
 import time
 
+from blip2_triton.scenes.language import caption
+
 from .data import SceneSet, pixel_values
-from .language import caption
 from .models import SceneModelSpec, new_retriever, processor_for
 from .negatives import altered_caption
 from .training import BatchOrder, TrainConfig, log, optimizer_for, warmup_cosine

@@ -10,16 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from .generator import generate_scene
-from .language import caption, questions
+from blip2_triton.scenes.generator import generate_scene
+from blip2_triton.scenes.language import caption, questions, vqa_prompt
 
 PRINTABLE = list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,:;!?'\"-()/&")
 CORPUS_SEEDS = range(-3000, 0)  # negative seeds: never a training or held-out scene
-
-
-def vqa_prompt(question: str) -> str:
-    """OPT's BLIP-2 question prompt, as the SDK sends it (``client/prompts.py``)."""
-    return f"Question: {question} Answer:"
 
 
 def scene_corpus() -> Iterator[str]:

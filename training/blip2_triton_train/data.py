@@ -15,10 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .generator import POSITIONS, SHAPES, Scene, generate_scene
-from .language import QA, caption, questions
-from .render import render_scene
-from .vocab import vqa_prompt
+from blip2_triton.scenes.generator import POSITIONS, SHAPES, Scene, generate_scene
+from blip2_triton.scenes.language import QA, caption, questions, vqa_prompt
+from blip2_triton.scenes.render import render_scene
 
 IGNORE = -100
 

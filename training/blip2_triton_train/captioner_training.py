@@ -5,8 +5,9 @@ from __future__ import annotations
 import random
 import time
 
+from blip2_triton.scenes.generator import POSITIONS, SHAPES
+
 from .data import SceneSet, SequenceBuilder, pixel_values, shape_positions
-from .generator import POSITIONS, SHAPES
 from .models import SceneModelSpec, new_captioner, processor_for
 from .training import BatchOrder, TrainConfig, log, optimizer_for, warmup_cosine
 from .vocab import opt_tokenizer

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import random
 
-from .generator import BACKGROUNDS, COLOURS, MAX_OBJECTS, SHAPES, Scene
-from .language import caption, caption_of, scene_groups
+from blip2_triton.scenes.generator import BACKGROUNDS, COLOURS, MAX_OBJECTS, SHAPES, Scene
+from blip2_triton.scenes.language import caption, caption_of, scene_groups
 
 CHANGES = ("colour", "shape", "count", "background", "drop", "add")
 
