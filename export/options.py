@@ -62,6 +62,11 @@ class ExportOptions:
     vision_cache_mb: int = flag(
         64, help="Triton response cache for blip2_vision (same image, no second encoding); 0 turns it off"
     )
+    prefix_cache_mb: int = flag(
+        128,
+        help="OPT: keys/values of earlier (image, prompt) prefixes kept on the LLM's device, so a second "
+        "question or the next chat turn prefills only what is new; 0 turns it off",
+    )
     quantize: str = flag(
         "none",
         choices=QUANTIZE_METHODS,
@@ -80,6 +85,8 @@ class ExportOptions:
                 raise ExportError(f"--{name.replace('_', '-')} must be at least 1")
         if self.vision_cache_mb < 0:
             raise ExportError("--vision-cache-mb must be 0 (off) or more")
+        if self.prefix_cache_mb < 0:
+            raise ExportError("--prefix-cache-mb must be 0 (off) or more")
         if self.max_queue_size < 0:
             raise ExportError("--max-queue-size must be 0 (4 x --max-batch-size) or more")
         if self.queue_timeout_us < 0:

@@ -271,3 +271,38 @@ def test_close_cuts_off_what_does_not_finish_in_time(family_build):
     assert cut >= 2
     assert all(sink.done.is_set() for sink in sinks)
     assert sum(isinstance(sink.error, EngineOverloadedError) for sink in sinks) == cut
+
+
+def test_the_prefix_cache_serves_chat_turns_and_second_questions_exactly(family_build):
+    """OPT with the prefix cache on: a 5-turn chat about one image and a second question reuse
+    what earlier requests computed (hits, positions saved), and every text equals transformers'.
+    Flan-T5's encoder reads the whole prompt: its engine has no prefix cache and gives the same texts."""
+    from blip2_triton.client.prompts import chat_prompt
+
+    family, folder, reference = family_build
+    image = _images(1)[0]
+    query = reference.query_embeds(image)
+    settings = {"max_tokens": 6}
+    engine = _engine(folder, prefix_cache_bytes=64 * 2**20)
+    history: list[tuple[str, str]] = []
+    try:
+        for question in ("what is it?", "what colour?", "where is it?", "how many?", "is it big?"):
+            prompt = chat_prompt(family, history, question)
+            sink = Sink()
+            engine.submit(GenerationRequest(query, prompt, parse_settings(settings)), sink)
+            assert sink.done.wait(60) and sink.error is None, sink.error
+            assert sink.text == reference.text(image, prompt, settings), (family, len(history))
+            history.append((question, sink.text))
+        second = Sink()
+        engine.submit(GenerationRequest(query, "Question: why? Answer:", parse_settings(settings)), second)
+        assert second.done.wait(60)
+        assert second.text == reference.text(image, "Question: why? Answer:", settings)
+        stats = engine.stats()
+    finally:
+        engine.close(drain_timeout_s=5)
+    if family == "t5":
+        assert stats["prefix_hits"] == stats["prefix_misses"] == 0
+        return
+    assert stats["prefix_hits"] == 5 and stats["prefix_misses"] == 1
+    num_query_tokens = query.shape[0]
+    assert stats["prefix_tokens_saved"] > 5 * num_query_tokens  # more than the image tokens alone

@@ -220,6 +220,38 @@ def test_five_questions_about_one_image_encode_it_once(opt_server):
     assert hits == 4
 
 
+def test_questions_about_one_image_reuse_its_prefill(opt_server):
+    """The OPT prefix cache (on by default): after the first question, the image tokens and the
+    shared start of the prompt come from the cache, counted on the metrics port."""
+    image = _png_never_sent_before()
+    names = ("blip2_prefix_cache_hits_total", "blip2_prefix_cache_tokens_saved_total")
+
+    def counters() -> dict[str, float]:
+        time.sleep(0.6)  # the engine publishes every 0.25 s
+        with urllib.request.urlopen(opt_server.server.metrics_url, timeout=5) as response:
+            values = _metric_values(response.read().decode())
+        return {name: values.get(f'{name}{{model="blip2_stream"}}', 0.0) for name in names}
+
+    before = counters()
+    client = grpcclient.InferenceServerClient(opt_server.grpc_url)
+    try:
+        texts = [
+            client.infer(PUBLIC_MODEL, build_inputs(image, f"Question: {q} Answer:", max_tokens=4))
+            .as_numpy("text_output")[0][0]
+            .decode()
+            for q in ("what is it?", "what colour?", "where?")
+        ]
+    finally:
+        client.close()
+    after = counters()
+    assert all(
+        opt_server.reference(image, f"Question: {q} Answer:", max_tokens=4) == t
+        for q, t in zip(("what is it?", "what colour?", "where?"), texts, strict=True)
+    )
+    assert after[names[0]] - before[names[0]] >= 2
+    assert after[names[1]] - before[names[1]] > 2 * 8  # more than image tokens alone would save
+
+
 def test_metrics_are_published(opt_server, sample_images):
     infer_concurrently(opt_server.grpc_url, [{"image": sample_images[0].read_bytes(), "max_tokens": 5}])
     deadline = time.monotonic() + 10

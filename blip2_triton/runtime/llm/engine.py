@@ -33,6 +33,7 @@ from .beam_search import BeamSearch
 from .checkpoint import GenerationRequest, LlmSettings, context_length, load_language_model
 from .detokenizer import Detokenizer
 from .opt_stepper import OptStepper
+from .prefix_cache import PrefixCache, image_key
 from .prompt_check import PromptChecker, encoder_token_limit
 from .t5_stepper import T5Stepper
 from .token_choice import TokenChoice
@@ -90,6 +91,7 @@ class EngineLimits:
     max_active: int = 16
     max_sequence_tokens: int = 1024
     max_queued: int = 64
+    prefix_cache_bytes: int = 0  # OPT: keys/values of (image, prefix) kept between requests; 0 = off
 
 
 @dataclass
@@ -103,6 +105,7 @@ class _Sequence:
     history: list[int]
     next_token: int = -1
     generated: int = 0
+    image: bytes | None = None  # the prefix cache's key of the request's image (OPT, cache on)
 
 
 @dataclass
@@ -116,6 +119,9 @@ class _Stats:
     prefills: int = 0
     beam_requests: int = 0
     beam_busy: int = 0  # the beam worker is generating
+    prefix_hits: int = 0
+    prefix_misses: int = 0
+    prefix_tokens_saved: int = 0
 
 
 class InflightEngine:
@@ -144,6 +150,7 @@ class InflightEngine:
             if getattr(model.config, "_attn_implementation", "sdpa") not in ("sdpa", "eager"):
                 raise ValueError(f"unsupported attention implementation {model.config._attn_implementation}")
             self.stepper = OptStepper(model, limits.max_active, limits.max_sequence_tokens)
+        self.prefix_cache = PrefixCache(0 if self.encoder_decoder else limits.prefix_cache_bytes)
         self.hidden = model.get_input_embeddings().embedding_dim
         self.beam_search = BeamSearch(model, tokenizer, settings, device)
         self._pending: collections.deque = collections.deque()
@@ -208,6 +215,10 @@ class InflightEngine:
                 "decoded_rows": stats.decoded_rows,
                 "prefills": stats.prefills,
                 "beam_requests": stats.beam_requests,
+                "prefix_hits": stats.prefix_hits,
+                "prefix_misses": stats.prefix_misses,
+                "prefix_tokens_saved": stats.prefix_tokens_saved,
+                "prefix_cache_bytes": self.prefix_cache.nbytes,
             }
 
     def close(self, drain_timeout_s: float | None = None) -> int:
@@ -335,7 +346,7 @@ class InflightEngine:
                     self.stepper.admit(len(self._rows), embeds, torch.ones_like(input_ids))
                     sequence.next_token = self.stepper.start_token
                     self._rows.append(sequence)
-                else:
+                elif not self._admit_from_prefix(sequence, embeds[0]):
                     joining.append((sequence, embeds[0]))
             except Exception as exc:  # one request failing must not stop the loop
                 self._fail(sink, exc)
@@ -353,6 +364,36 @@ class InflightEngine:
                 self._take(row, tokens[row])
         with self._lock:
             self._stats.prefills += len(admitted)
+
+    def _admit_from_prefix(self, sequence: _Sequence, embeds) -> bool:
+        """Admit an OPT sequence whose prompt starts like a cached one: its known positions are
+        copied, only the rest is computed. False when the cache is off or has nothing for it."""
+        if not self.prefix_cache.enabled:
+            return False
+        sequence.image = image_key(np.asarray(sequence.request.query_embeds))
+        hit = self.prefix_cache.lookup(sequence.image, sequence.history)
+        with self._lock:
+            if hit is None:
+                self._stats.prefix_misses += 1
+            else:
+                self._stats.prefix_hits += 1
+                self._stats.prefix_tokens_saved += hit.length
+        if hit is None:
+            return False
+        row = len(self._rows)
+        logits = self.stepper.prefill_after(row, hit.keys, hit.values, embeds[hit.length :])
+        self._rows.append(sequence)
+        self._take(row, self._choose(logits, row)[row])
+        return True
+
+    def _keep_prefix(self, row: int) -> None:
+        """Keep a finished OPT sequence's keys and values (prompt and answer) for later requests."""
+        sequence = self._rows[row]
+        if sequence.image is None:
+            return
+        length = int(self.stepper.cache.lengths[row])
+        keys, values = self.stepper.slot_entries(row, length)
+        self.prefix_cache.store(sequence.image, sequence.history[:length], keys, values)
 
     def _fail(self, sink: RequestSink, exc: BaseException) -> None:
         with self._lock:
@@ -426,6 +467,7 @@ class InflightEngine:
         sequence.sink.on_text(piece)  # "" when nothing settled: still one call per token
         if sequence.choice.stops(token, sequence.generated):
             text, last = sequence.detokenizer.finish()
+            self._keep_prefix(row)
             self._remove(row)
             if last and sequence.sink.wants_pieces:
                 sequence.sink.on_text(last)

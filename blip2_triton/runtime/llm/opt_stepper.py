@@ -112,6 +112,44 @@ class OptStepper:
         last = torch.tensor([length - 1 for length in lengths], device=embeds.device)
         return self._logits(hidden[torch.arange(len(prompts), device=embeds.device), last])
 
+    def prefill_after(
+        self, slot: int, prefix_keys: torch.Tensor, prefix_values: torch.Tensor, new: torch.Tensor
+    ):
+        """A new sequence whose first ``m`` positions are known (``prefix_keys``/``prefix_values``,
+        ``[layers, heads, m, head_dim]``, from the prefix cache): they go into ``slot`` as they are,
+        and only the ``[L - m, D]`` embeddings ``new`` of positions ``[m, L)`` are computed, each
+        attending to the prefix and to the new positions before it. Logits ``[1, V]`` of position L - 1."""
+        known = prefix_keys.shape[2]
+        width = new.shape[0]
+        self.cache.keys[:, slot, :, :known] = prefix_keys
+        self.cache.values[:, slot, :, :known] = prefix_values
+        positions = torch.arange(known, known + width, device=new.device)
+        hidden = self._inputs(new[None], positions)
+        span = known + width
+        mask = (torch.arange(span, device=new.device)[None, :] <= positions[:, None])[None, None]
+
+        def attend(index: int, keys: torch.Tensor, values: torch.Tensor):
+            self.cache.keys[index, slot, :, known:span] = keys[0]
+            self.cache.values[index, slot, :, known:span] = values[0]
+            return (
+                self.cache.keys[index, slot : slot + 1, :, :span],
+                self.cache.values[index, slot : slot + 1, :, :span],
+                mask,
+                False,
+            )
+
+        for index, layer in enumerate(self.decoder.layers):
+            hidden = self._layer(index, layer, hidden, attend)
+        self.cache.lengths[slot] = span
+        return self._logits(hidden[:, -1])
+
+    def slot_entries(self, slot: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Copies of the keys and values of positions ``[0, length)`` of ``slot``: ``[layers, heads, length, head_dim]``."""
+        return (
+            self.cache.keys[:, slot, :, :length].clone(),
+            self.cache.values[:, slot, :, :length].clone(),
+        )
+
     def decode(self, count: int, tokens: torch.Tensor) -> torch.Tensor:
         """Feed slots ``[0, count)`` their next token (``[count]``); logits ``[count, V]``."""
         lengths = self.cache.lengths[:count]

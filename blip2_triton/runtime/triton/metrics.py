@@ -5,7 +5,9 @@
 (counters: rows / steps is the average running batch), ``blip2_active_sequences`` and
 ``blip2_queued_requests`` (gauges, read from the engine four times a second),
 ``blip2_time_to_first_token_seconds`` and ``blip2_time_per_output_token_seconds`` (histograms,
-one observation per finished request). The vision cache's hits and misses are Triton's own
+one observation per finished request), and the OPT prefix cache's ``blip2_prefix_cache_hits_total``,
+``blip2_prefix_cache_misses_total``, ``blip2_prefix_cache_tokens_saved_total`` and
+``blip2_prefix_cache_bytes``. The vision cache's hits and misses are Triton's own
 response-cache metrics of ``blip2_vision`` (``nv_cache_num_hits_per_model``,
 ``nv_cache_num_misses_per_model``).
 """
@@ -51,6 +53,18 @@ class EngineMetrics:
             "queued": _family("blip2_queued_requests", "Requests waiting for a slot", gauge),
             "ttft": _family("blip2_time_to_first_token_seconds", "Time to first token", histogram),
             "tpot": _family("blip2_time_per_output_token_seconds", "Time per output token", histogram),
+            "prefix_hits": _family(
+                "blip2_prefix_cache_hits_total", "Prefills that reused cached keys and values (OPT)", counter
+            ),
+            "prefix_misses": _family(
+                "blip2_prefix_cache_misses_total", "Prefills the prefix cache had nothing for (OPT)", counter
+            ),
+            "prefix_saved": _family(
+                "blip2_prefix_cache_tokens_saved_total",
+                "Prompt positions taken from the prefix cache",
+                counter,
+            ),
+            "prefix_bytes": _family("blip2_prefix_cache_bytes", "Bytes held by the prefix cache", gauge),
         }
         f = self._families
         self.tokens = f["tokens"].Metric(labels=labels)
@@ -63,7 +77,21 @@ class EngineMetrics:
         self.ttft = f["ttft"].Metric(labels=labels, buckets=TTFT_BUCKETS)
         self.tpot = f["tpot"].Metric(labels=labels, buckets=TPOT_BUCKETS)
         self._engine = engine
-        self._seen = {"generated_tokens": 0, "decode_steps": 0, "decoded_rows": 0}
+        self.prefix_hits = f["prefix_hits"].Metric(labels=labels)
+        self.prefix_misses = f["prefix_misses"].Metric(labels=labels)
+        self.prefix_saved = f["prefix_saved"].Metric(labels=labels)
+        self.prefix_bytes = f["prefix_bytes"].Metric(labels=labels)
+        self._seen = dict.fromkeys(
+            (
+                "generated_tokens",
+                "decode_steps",
+                "decoded_rows",
+                "prefix_hits",
+                "prefix_misses",
+                "prefix_tokens_saved",
+            ),
+            0,
+        )
         self._reported = False
         self._answered: collections.deque = collections.deque()
         self._stop = threading.Event()
@@ -116,10 +144,14 @@ class EngineMetrics:
             self._record(*self._answered.popleft())
         self.active.set(float(stats.get("active", 0)))
         self.queued.set(float(stats.get("queued", 0)))
+        self.prefix_bytes.set(float(stats.get("prefix_cache_bytes", 0)))
         counters = (
             ("generated_tokens", self.tokens),
             ("decode_steps", self.steps),
             ("decoded_rows", self.rows),
+            ("prefix_hits", self.prefix_hits),
+            ("prefix_misses", self.prefix_misses),
+            ("prefix_tokens_saved", self.prefix_saved),
         )
         for key, metric in counters:
             value = int(stats.get(key, 0))

@@ -48,6 +48,7 @@ class TritonPythonModel:
             max_active=int(model_parameter(config, "max_active_sequences")),
             max_sequence_tokens=int(model_parameter(config, "max_sequence_tokens")),
             max_queued=int(model_parameter(config, "max_queued_requests")),
+            prefix_cache_bytes=int(model_parameter(config, "prefix_cache_mb", "0")) * 2**20,
         )
         device = model_parameter(config, "device")
         here = Path(__file__).resolve().parent
