@@ -3,7 +3,7 @@
 ``BENCH`` is the BLIP-2 OPT size issue 8 fixes (vision 6 x 384, patch 14 at 224 px; Q-Former 4 x 384
 with 32 queries; OPT 8 x 512 with the real 50272-row output layer), whose compute dominates on a
 CPU; ``QUICK`` is a small one for smoke tests. ``OPT_2_7B`` / ``SMALL_LLM`` are language models
-alone, written as an export's ``blip2_llm`` folder (language model, tokenizer, ``llm_settings.json``)
+alone, written as an export's engine folder (``blip2_stream``) (language model, tokenizer, ``llm_settings.json``)
 for the engine benchmark. The tokenizer is a byte-level BPE with OPT's special
 tokens, trained in seconds on synthetic words up to OPT's vocabulary size, so every output row is a
 real token and the processor works end to end. Everything is written with ``save_pretrained``, so
@@ -176,7 +176,7 @@ def parameter_count(model: Any) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
-# Language model alone, as an export's blip2_llm folder
+# Language model alone, as an export's engine folder (blip2_stream)
 
 
 @dataclass(frozen=True)
@@ -206,7 +206,7 @@ TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
 def build_llm_folder(folder: str | Path, spec: LlmSpec, dtype: str, device: str) -> Path:
-    """Write what an export writes for ``blip2_llm``: ``language_model/``, ``tokenizer/``,
+    """Write what an export writes for the engine model ``blip2_stream``: ``language_model/``, ``tokenizer/``,
     ``llm_settings.json``. Weights are random, initialised on ``device`` (fast on a GPU)."""
     import torch
     from transformers import OPTConfig, OPTForCausalLM

@@ -1,8 +1,8 @@
 """Decode speed of the in-flight engine against transformers ``generate``, at blip2-opt-2.7b size.
 
 For users with a GPU: the language model of ``Salesforce/blip2-opt-2.7b`` (OPT 32 x 2560, 50272
-tokens; random weights, fp16) is written as an export's ``blip2_llm`` folder and run in this
-process by ``InflightEngine`` (the engine the served ``blip2_llm`` runs), then by transformers
+tokens; random weights, fp16) is written as an export's engine folder and run in this
+process by ``InflightEngine`` (the engine the served ``blip2_stream`` runs), then by transformers
 ``generate``, at 1, 8, 32 and 64 sequences decoding together, every one generating exactly
 ``--tokens`` new tokens after 32 image tokens + BOS (random query embeddings: a caption request).
 
@@ -292,7 +292,7 @@ def run(args: argparse.Namespace) -> str:
     with tempfile.TemporaryDirectory(prefix="gpu-decode-", dir=args.work_dir) as tmp:
         t0 = time.perf_counter()
         _say(f"== writing {spec.describe()} ({dtype}, random weights)")
-        folder = bench_model.build_llm_folder(Path(tmp) / "blip2_llm", spec, dtype, args.device)
+        folder = bench_model.build_llm_folder(Path(tmp) / "blip2_stream", spec, dtype, args.device)
         _say(f"   written in {time.perf_counter() - t0:.0f}s; measuring the copy bandwidth")
         bandwidth = copy_bandwidth(args.device, 1024 if args.device.startswith("cuda") else 256)
         engine = measure_engine(folder, spec, args.device, tokens, args.levels, args.timeout)

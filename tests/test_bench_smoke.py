@@ -96,3 +96,17 @@ def test_gpu_decode_small_on_cpu(tmp_path: Path) -> None:
         cells = rows[("transformers generate", active)]
         assert _positive(cells["decode tok/s"]) and _positive(cells["step ms"]), cells
     assert re.search(r"weight-bandwidth floor: [\d.]+ ms per step", result.stdout)
+
+
+def test_chat_bench_small_on_cpu() -> None:
+    result = _run("bench_chat.py", "--small", "--repeats", "1", "--tokens", "4", timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "texts equal with and without the cache: True" in result.stdout
+    lines = [ln for ln in result.stdout.splitlines() if ln.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    turns = [
+        dict(zip(header, (c.strip() for c in ln.strip("|").split("|")), strict=True)) for ln in lines[2:]
+    ]
+    assert len(turns) == 6
+    for turn in turns[1:]:  # from the second turn on, the conversation so far comes from the cache
+        assert int(turn["computed (on)"]) < int(turn["computed (off)"]) == int(turn["prompt positions"])
