@@ -62,14 +62,23 @@ def infer_double(grpc_url: str, values: list[float]) -> np.ndarray:
         client.close()
 
 
+def _command(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def serve_command(*args: str) -> list[str]:
     script = Path(sys.executable).with_name("blip2-triton")
     prefix = [str(script)] if script.exists() else [sys.executable, "-m", "blip2_triton.cli"]
     return [*prefix, "serve", *args]
 
 
-def _pump(stream, into: queue.Queue) -> None:
+def _pump(stream, into: queue.Queue, times: list | None = None) -> None:
     for line in stream:
+        if times is not None:
+            times.append((time.monotonic(), line))
         into.put(line)
     into.put(None)
 
@@ -85,6 +94,8 @@ class ServeProcess:
     log_file: Path
     output: list[str] = field(default_factory=list)
     stderr: list[str] = field(default_factory=list)
+    # (monotonic time it was read, line) for every stderr line so far
+    stderr_times: list[tuple[float, str]] = field(default_factory=list)
     _lines: queue.Queue = field(default_factory=queue.Queue)
     _errors: queue.Queue = field(default_factory=queue.Queue)
 
@@ -117,10 +128,23 @@ class ServeProcess:
         return "".join(self.stderr)
 
     def tritonserver_pid(self) -> int:
+        """PID of serve's tritonserver (serve's other child is its guardian)."""
         from blip2_triton.server.process_table import children
 
-        (pid,) = children(self.process.pid)
+        (pid,) = [pid for pid in children(self.process.pid) if _command(pid).endswith("tritonserver")]
         return pid
+
+    def wait_stderr(self, text: str, timeout_s: float, after: float = 0.0) -> float:
+        """Wait until a stderr line read after ``after`` contains ``text``; the time it was read."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for read_at, line in list(self.stderr_times):
+                if read_at >= after and text in line:
+                    return read_at
+            if self.process.poll() is not None and not any(text in line for _, line in self.stderr_times):
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"serve never said {text!r}: {self.stderr_text()[-3000:]}")
 
     def stop(self, signum: int = signal.SIGTERM, timeout_s: float = 120.0) -> int:
         if self.process.poll() is None:
@@ -137,9 +161,16 @@ class ServeProcess:
 
 
 def start_serve(
-    repository: Path, log_dir: Path, *args: str, env: dict[str, str] | None = None
+    repository: Path,
+    log_dir: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    new_session: bool = False,
 ) -> ServeProcess:
-    """Start ``blip2-triton serve`` on free ports (it is not ready yet: call ``wait_ready``)."""
+    """Start ``blip2-triton serve`` on free ports (it is not ready yet: call ``wait_ready``).
+
+    ``new_session``: serve leads a process group of its own (which a test may then SIGKILL whole).
+    """
     grpc_port, http_port, metrics_port = free_ports(3)
     log_file = log_dir / "serve-tritonserver.log"
     command = serve_command(
@@ -157,8 +188,11 @@ def start_serve(
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, **(env or {})},
+        start_new_session=new_session,
     )
     served = ServeProcess(process, grpc_port, http_port, metrics_port, log_file)
     threading.Thread(target=_pump, args=(process.stdout, served._lines), daemon=True).start()
-    threading.Thread(target=_pump, args=(process.stderr, served._errors), daemon=True).start()
+    threading.Thread(
+        target=_pump, args=(process.stderr, served._errors, served.stderr_times), daemon=True
+    ).start()
     return served

@@ -74,6 +74,7 @@ class LoadGenerator:
     url: str
     clients: int = 4
     max_tokens: int = 6
+    min_tokens: int | None = None
     outcomes: list[Outcome] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
@@ -86,9 +87,10 @@ class LoadGenerator:
             while not self._stop.is_set():
                 started = time.monotonic()
                 try:
-                    client.infer(
-                        PUBLIC_MODEL, build_inputs(IMAGE, max_tokens=self.max_tokens), client_timeout=120
-                    )
+                    settings = {"max_tokens": self.max_tokens}
+                    if self.min_tokens is not None:
+                        settings["min_tokens"] = self.min_tokens
+                    client.infer(PUBLIC_MODEL, build_inputs(IMAGE, **settings), client_timeout=120)
                     error = None
                 except Exception as exc:  # every failure is an outcome to count
                     error = _describe(exc)
@@ -162,7 +164,9 @@ def _wait(predicate, timeout_s: float, what: str, explain=lambda: "") -> None:
         time.sleep(0.05)
 
 
-STUB_KINDS = {"preprocess": "blip2_preprocess", "vision": "blip2_vision", "llm": "blip2_llm"}
+# Stubs whose model answers from execute(): a death fails the requests inside it ("not healthy"), and
+# the model is reloaded. The engine's stub (answers from its own thread) is test_supervision's.
+STUB_KINDS = {"preprocess": "blip2_preprocess", "vision": "blip2_vision"}
 
 
 @pytest.mark.server
@@ -181,12 +185,20 @@ def test_killed_stub_is_noticed_and_its_model_reloaded(served: ServeProcess, kin
         os.kill(victim.pid, signal.SIGKILL)
 
         def conditions() -> dict[str, bool]:
-            fresh = [s for s in stub_processes(server_pid) if s.model == model and s.pid != victim.pid]
+            try:
+                current = served.tritonserver_pid()  # a new one after a restart
+            except ValueError:  # between two servers
+                current = server_pid
+            fresh = [s for s in stub_processes(current) if s.model == model and s.pid != victim.pid]
             late = [o for o in load.outcomes if o.started > killed_at and o.error is None]
             return {
                 "new stub": bool(fresh),
                 "readiness went false": any(not m for t, m, _ in probe.samples if t > killed_at),
-                "'reloaded in' logged": "reloaded in" in served.stderr_text(),
+                # a reload; or, if the dead instance did not go within the stuck check's grace (a busy
+                # machine), a restart of tritonserver: both bring the model back
+                "'reloaded in' or 'restarted' logged": any(
+                    text in served.stderr_text() for text in ("reloaded in", "tritonserver restarted")
+                ),
                 "4 answers after the kill": len(late) >= 4,
                 "server ready now": probe.samples[-1][2],
             }
@@ -230,7 +242,7 @@ def test_killed_stub_is_noticed_and_its_model_reloaded(served: ServeProcess, kin
     assert all(o.started <= became_ready + 0.5 for o in failed), [
         o for o in failed if o.started > became_ready
     ]
-    assert "reloaded in" in served.stderr_text()
+    recovered_by = "reload" if "reloaded in" in served.stderr_text() else "restart"
     record_figure(
         f"stub_kill_{kind}",
         {
@@ -241,6 +253,7 @@ def test_killed_stub_is_noticed_and_its_model_reloaded(served: ServeProcess, kin
             "unready_s": round(became_ready - unready[0], 2),
             "kill_to_first_answer_s": round(back - killed_at, 2),
             "requests_sent": len(load.outcomes),
+            "recovered_by": recovered_by,
         },
     )
 
@@ -257,9 +270,10 @@ def test_on_stub_death_exit_stops_the_server_non_zero(opt_build, tmp_path: Path)
         served.wait_ready()
         server_pid = served.tritonserver_pid()
         stubs = stub_processes(server_pid)
-        os.kill(next(s.pid for s in stubs if s.model == "blip2_llm"), signal.SIGKILL)
+        victim = next(s for s in stubs if s.model == "blip2_vision")
+        os.kill(victim.pid, signal.SIGKILL)
         assert served.process.wait(timeout=120) == 1
-        assert "blip2_llm" in served.stderr_text() and "giving up" in served.stderr_text()
+        assert victim.instance in served.stderr_text() and "giving up" in served.stderr_text()
         assert not is_running(server_pid)
         assert not any(is_running(s.pid) for s in stubs)
     finally:
@@ -340,14 +354,16 @@ def test_drain_timeout_cuts_off_and_counts(opt_build, tmp_path: Path) -> None:
         results, threads = _send_long_requests(served.grpc_url, 4, tokens=400)
         time.sleep(1.5)
         served.process.send_signal(signal.SIGTERM)
-        assert served.process.wait(timeout=180) == 0, served.stderr_text()
+        code = served.process.wait(timeout=180)
         for thread in threads:
             thread.join(timeout=300)
         stderr = served.stderr_text()
+        assert code == 3, stderr  # accepted requests were cut off: the exit code says so
         assert "drain timeout (0.5 s): cut off" in stderr, stderr
         cut_line = next(line for line in stderr.splitlines() if "cut off" in line)
         record_figure(
-            "drain_timeout", {"line": cut_line, "failed": sum(not isinstance(r, str) for r in results)}
+            "drain_timeout",
+            {"line": cut_line, "failed": sum(not isinstance(r, str) for r in results), "exit_code": code},
         )
     finally:
         served.kill()

@@ -17,6 +17,10 @@ unloaded nothing is in flight, and tritonserver stops at once.
 A refused request gets Triton's answer for a model that is not loaded: NOT_FOUND "Request for unknown
 model: '<name>' has no available versions" (Triton 2.51 has no way to answer UNAVAILABLE for one
 model while its in-flight requests go on; the SDK treats this answer as retryable).
+
+Models already UNLOADING when the drain begins (a stub recovery that the stop interrupted) are
+waited for too. ``check`` is called at every poll: a reason it returns ends the drain at once
+(``aborted``), e.g. requests stuck in a stub that died during the drain, which no wait would end.
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
-from .model_graph import entry_waves, loaded_configs
+from .model_graph import entry_waves, loaded_configs, model_states
 from .process import TritonServer
 
 _POLL_S = 0.1
@@ -33,18 +38,26 @@ _POLL_S = 0.1
 
 @dataclass
 class DrainResult:
-    """How a drain went: ``unfinished`` maps a model still unloading at the deadline to its state."""
+    """How a drain went: ``unfinished`` maps a model still unloading at the deadline to its state;
+    ``aborted`` is the reason ``check`` gave for ending it early."""
 
     seconds: float
     waves: list[list[str]]
     unfinished: dict[str, str] = field(default_factory=dict)
+    aborted: str | None = None
 
     @property
     def complete(self) -> bool:
-        return not self.unfinished
+        return not self.unfinished and self.aborted is None
 
 
-def drain(server: TritonServer, timeout_s: float, *, log: Callable[[str], None] = print) -> DrainResult:
+def drain(
+    server: TritonServer,
+    timeout_s: float,
+    *,
+    log: Callable[[str], None] = print,
+    check: Callable[[Any], str | None] = lambda client: None,
+) -> DrainResult:
     """Unload the entry models wave by wave and wait (up to ``timeout_s`` in all) until each is gone."""
     import tritonclient.grpc as grpcclient
 
@@ -53,17 +66,23 @@ def drain(server: TritonServer, timeout_s: float, *, log: Callable[[str], None] 
     headers = server.admin_grpc_headers
     client = grpcclient.InferenceServerClient(server.grpc_url)
     try:
+        unloading = sorted(
+            name for name, state in model_states(client, headers).items() if state == "UNLOADING"
+        )
         waves = entry_waves(loaded_configs(client, headers))
         result = DrainResult(0.0, waves)
-        for wave in waves:
-            for name in wave:
-                client.unload_model(
-                    name, headers=headers, client_timeout=max(1.0, deadline - time.monotonic())
-                )
+        # (models, whether to unload them): the entry waves, then those already unloading.
+        steps = [(wave, True) for wave in waves] + ([(unloading, False)] if unloading else [])
+        for wave, unload in steps:
+            if unload:
+                for name in wave:
+                    client.unload_model(
+                        name, headers=headers, client_timeout=max(1.0, deadline - time.monotonic())
+                    )
             log(f"blip2-triton: draining {', '.join(wave)} (new requests refused, in-flight ones finish)")
-            unfinished = _wait_unloaded(client, headers, wave, deadline)
-            if unfinished:
-                result.unfinished = unfinished
+            unfinished, aborted = _wait_unloaded(client, headers, wave, deadline, check)
+            if unfinished or aborted:
+                result.unfinished, result.aborted = unfinished, aborted
                 break
     finally:
         client.close()
@@ -72,15 +91,25 @@ def drain(server: TritonServer, timeout_s: float, *, log: Callable[[str], None] 
 
 
 def _wait_unloaded(
-    client, headers: dict[str, str] | None, names: Iterable[str], deadline: float
-) -> dict[str, str]:
-    """Poll until none of ``names`` is loaded or unloading; those still are at the deadline, with state."""
+    client,
+    headers: dict[str, str] | None,
+    names: Iterable[str],
+    deadline: float,
+    check: Callable[[Any], str | None],
+) -> tuple[dict[str, str], str | None]:
+    """Poll until none of ``names`` is loaded or unloading. Returns those still so at the deadline
+    (with state), or the reason ``check`` gave to stop waiting."""
     pending = set(names)
     while True:
-        states = {m.name: m.state for m in client.get_model_repository_index(headers=headers).models}
+        states = model_states(client, headers)
         pending = {name for name in pending if states.get(name) in ("READY", "UNLOADING", "LOADING")}
-        if not pending or time.monotonic() >= deadline:
-            return {name: states.get(name, "?") for name in sorted(pending)}
+        if not pending:
+            return {}, None
+        reason = check(client)
+        if reason is not None:
+            return {name: states.get(name, "?") for name in sorted(pending)}, reason
+        if time.monotonic() >= deadline:
+            return {name: states.get(name, "?") for name in sorted(pending)}, None
         time.sleep(_POLL_S)
 
 

@@ -15,6 +15,18 @@ CALLER_LEVELS = ((PUBLIC_MODEL,), (STREAM_MODEL, ITM_MODEL, IMAGE_EMBED_MODEL))
 CALLERS = tuple(name for level in CALLER_LEVELS for name in level)
 
 
+def model_states(client, headers: dict[str, str] | None) -> dict[str, str]:
+    """Every model of the repository index and its state (READY, LOADING, UNLOADING, UNAVAILABLE).
+
+    An old incarnation that is still unloading wins over a newer one's state.
+    """
+    states: dict[str, str] = {}
+    for model in client.get_model_repository_index(headers=headers).models:
+        if states.get(model.name) != "UNLOADING":
+            states[model.name] = model.state
+    return states
+
+
 def loaded_configs(client, headers: dict[str, str] | None) -> dict[str, dict]:
     """Config (JSON form) of every READY model, through a ``tritonclient.grpc`` client."""
     index = client.get_model_repository_index(headers=headers).models

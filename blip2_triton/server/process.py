@@ -1,9 +1,12 @@
 """Run the real ``tritonserver`` that the ``nvidia-pytriton`` wheel ships, as a child process.
 
-The server is started pytriton-style: its own session, dies with its parent
-(``PR_SET_PDEATHSIG``), output to a log file, readiness polled with a timeout, stopped by PID
-(SIGINT, wait, then SIGKILL of its process group). Startup failures raise a ``ServerProcessError``
-whose message is one line naming the cause; the end of the server log stays on ``log_tail``.
+The server is started pytriton-style: its own session, killed with its parent
+(``PR_SET_PDEATHSIG`` = SIGKILL: a wedged server ignores SIGTERM), umask 077 (its shared-memory
+regions are the serving user's only), output to a log file, readiness polled with a timeout,
+stopped by PID (SIGINT, wait, then SIGKILL of its process group). A guardian process
+(``guardian.py``) kills the stubs and removes their ``/dev/shm`` regions if this process dies
+without stopping the server. Startup failures raise a ``ServerProcessError`` whose message is one
+line naming the cause; the end of the server log stays on ``log_tail``.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import subprocess
 import tempfile
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -25,16 +28,19 @@ from typing import TYPE_CHECKING, Any
 from .access import AdminKey
 from .environment import server_environment
 from .errors import ModelLoadError, PortInUseError, ServerProcessError, ServerStartupError
-from .installation import STUB_NAME, prepare_backend_directory, tritonserver_root
+from .guardian import Guardian
+from .installation import prepare_backend_directory, tritonserver_root
 from .log_parsing import startup_failure, tail
-from .ports import free_ports, port_in_use
+from .ports import describe_port_holders, free_ports, port_in_use
+from .process_table import SHM_DIR, group_members, group_stubs, server_regions, stub_processes
 
 if TYPE_CHECKING:
     from tritonclient.grpc import InferenceServerClient
 
-_SHM_PREFIX = "triton_python_backend_shm_region_"
 MANIFEST = "manifest.json"
 _PR_SET_PDEATHSIG = 1
+# The server's files, shared-memory regions included, are the serving user's only.
+SERVER_UMASK = 0o077
 
 
 def response_cache_args(model_repository: Path) -> list[str]:
@@ -48,9 +54,10 @@ def response_cache_args(model_repository: Path) -> list[str]:
     return [f"--cache-config=local,size={size}"] if size > 0 else []
 
 
-def _die_with_parent(parent_pid: int, libc: ctypes.CDLL) -> None:
-    """preexec_fn: SIGTERM the server when the thread that started it exits."""
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+def _server_preexec(parent_pid: int, libc: ctypes.CDLL) -> None:
+    """preexec_fn: SIGKILL the server when the thread that started it exits; umask 077."""
+    os.umask(SERVER_UMASK)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os._exit(1)
 
@@ -64,22 +71,8 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-def _stub_shm_regions(pgid: int) -> list[Path]:
-    """The ``/dev/shm`` files of the Python backend stubs still running in process group ``pgid``."""
-    regions = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if os.getpgid(int(entry.name)) != pgid:
-                continue
-            args = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if args and args[0].endswith(STUB_NAME.encode()):
-            names = (a.decode(errors="replace") for a in args[1:])
-            regions += [Path("/dev/shm") / n for n in names if n.startswith(_SHM_PREFIX) and "/" not in n]
-    return regions
+class ServerStartAborted(ServerProcessError):
+    """``start(abort=...)`` was told to give up before the server was ready (it is left running)."""
 
 
 class TritonServer:
@@ -89,7 +82,9 @@ class TritonServer:
     ``metrics_url`` is the full Prometheus URL. All models load at startup and the server is ready
     only when every model is. ``model_control="explicit"`` keeps the model-repository API (load,
     unload) usable afterwards, which stub recovery and draining need.
-    The server gets SIGTERM when the thread that started it exits (``PR_SET_PDEATHSIG``).
+    The server gets SIGKILL when the thread that started it exits (``PR_SET_PDEATHSIG``): start it
+    from a thread that lives as long as the server should. A guardian process then kills the stubs
+    and removes their shared-memory regions (``guardian.py``).
 
     ``host`` is the address every endpoint binds (loopback unless told otherwise); ``allow_http``
     turns the HTTP endpoint on; ``admin_key`` puts the restricted APIs (``access.RESTRICTED_APIS``)
@@ -132,6 +127,10 @@ class TritonServer:
         self._backend_directory = backend_directory
         self._process: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
+        self._guardian = Guardian()
+        # The /dev/shm regions our stubs used (from their command lines), for cleanup after a crash:
+        # tritonserver removes a region when it stops the stub; a killed server cannot.
+        self._regions: set[str] = set()
 
     @classmethod
     def on_free_ports(cls, model_repository: str | os.PathLike[str], **options: Any) -> TritonServer:
@@ -243,10 +242,14 @@ class TritonServer:
             seen[port] = name
         for name, port in ports.items():
             if port_in_use(port):
-                raise PortInUseError(f"{name} port {port} is already in use")
+                raise PortInUseError(f"{name} port {port} is already in use {describe_port_holders(port)}")
 
-    def start(self) -> None:
-        """Start the server and wait until it (every model) is ready; raise ``ServerProcessError`` if not."""
+    def start(self, abort: Callable[[], bool] | None = None) -> None:
+        """Start the server and wait until it (every model) is ready; raise ``ServerProcessError`` if not.
+
+        ``abort`` is asked while waiting: when it returns True, ``ServerStartAborted`` is raised and the
+        server is left running as it is (the caller drains or stops it).
+        """
         if self.is_alive():
             raise ServerProcessError(f"tritonserver is already running (pid {self.pid})")
         if not self.model_repository.is_dir():
@@ -260,6 +263,7 @@ class TritonServer:
         self._log_file.parent.mkdir(parents=True, exist_ok=True)
         libc = ctypes.CDLL(None, use_errno=True)
         parent_pid = os.getpid()
+        self._guardian.start()
         with open(self._log_file, "ab") as log:
             self._log_offset = log.tell()
             self._process = subprocess.Popen(
@@ -270,13 +274,28 @@ class TritonServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=lambda: _die_with_parent(parent_pid, libc),
+                preexec_fn=lambda: _server_preexec(parent_pid, libc),
             )
+        self._regions = set()
+        self.track_stubs()
         try:
-            self._wait_ready()
+            self._wait_ready(abort)
+        except ServerStartAborted:
+            raise
         except BaseException:
             self.stop()
             raise
+        self.track_stubs()
+
+    def track_stubs(self) -> None:
+        """Note the shared-memory regions of the running stubs, and tell the guardian (call it often)."""
+        if self._process is None:
+            return
+        pid = self._process.pid
+        if self._process.returncode is None:
+            self._regions.update(stub.region for stub in stub_processes(pid, helpers=True) if stub.region)
+            self._regions.update(server_regions(pid))
+            self._guardian.update([pid], sorted(self._regions))
 
     def _endpoints_ready(self, client: InferenceServerClient) -> bool:
         """gRPC says ready (every model loaded) and the HTTP (when on) and metrics endpoints answer.
@@ -298,7 +317,7 @@ class TritonServer:
             return False
         return True
 
-    def _wait_ready(self) -> None:
+    def _wait_ready(self, abort: Callable[[], bool] | None = None) -> None:
         import tritonclient.grpc as grpcclient
 
         # Short reconnect backoff: the default grows to minutes while the server is not up yet.
@@ -316,6 +335,8 @@ class TritonServer:
                     raise self._startup_error(self._process.returncode)
                 if self._endpoints_ready(client):
                     return
+                if abort is not None and abort():
+                    raise ServerStartAborted("tritonserver start abandoned before it was ready")
                 if time.monotonic() > deadline:
                     raise self._startup_error(None)
                 time.sleep(0.2)
@@ -337,38 +358,45 @@ class TritonServer:
         """SIGINT the server, wait up to ``timeout_s``, then SIGKILL its process group. Idempotent.
 
         A server that died by itself (a crash) leaves its stubs running in its process group: they
-        are killed too. The group keeps the server's PID from being reused while it has members.
+        are killed too, and the shared-memory regions of every stub it ran are removed. The guardian
+        is told there is nothing left to clean, and exits.
         """
         process = self._process
-        if process is None:
-            return
-        pid = process.pid
-        if process.returncode is None:
+        if process is not None and process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGINT)
+                os.kill(process.pid, signal.SIGINT)
             deadline = time.monotonic() + timeout_s
             while time.monotonic() < deadline:
                 # WNOWAIT: leave the exited server a zombie so its PID (= process group) is not
                 # reused before the group is cleaned up below.
-                if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                if os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
                     break
                 time.sleep(0.05)
-        elif not _group_alive(pid):
+        self.kill()
+        self._guardian.close()
+
+    def kill(self) -> None:
+        """SIGKILL the server's process group now (a crashed or wedged server), wait until it is empty,
+        and remove the shared-memory regions of its stubs. The server may be started again."""
+        process = self._process
+        if process is None:
             return
-        # A hung server, or backend stubs left behind (a server stopped while loading models, or
-        # one that crashed, exits without stopping them): kill the group, then remove the stubs'
-        # shared-memory regions.
-        regions = _stub_shm_regions(pid)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
+        pid = process.pid
+        self.track_stubs()
+        self._regions.update(stub.region for stub in group_stubs(pid) if stub.region)
+        if process.returncode is None or group_members(pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
         process.wait()
         # SIGKILL is delivered asynchronously: wait (briefly) until the group is empty.
         deadline = time.monotonic() + 5.0
         while time.monotonic() < deadline and _group_alive(pid):
             time.sleep(0.02)
-        for region in regions:
+        for region in self._regions:
             with contextlib.suppress(OSError):
-                os.unlink(region)
+                os.unlink(SHM_DIR / region)
+        self._regions = set()
+        self._guardian.update([], [])
 
     def ready_models(self) -> list[str]:
         """Names of the models that are READY, sorted."""

@@ -1,22 +1,20 @@
-"""``blip2-triton serve``: run tritonserver on a model repository in the foreground."""
+"""``blip2-triton serve``: run tritonserver on a model repository in the foreground, supervised."""
 
 from __future__ import annotations
 
 import argparse
 import signal
 import sys
-import time
 from pathlib import Path
 from types import FrameType
 
 from blip2_triton.command_errors import CommandError
 
 from .access import ADMIN_KEY_ENV, RESTRICTED_APIS, default_key_file, resolve_admin_key
-from .drain import drain, requests_in_flight
 from .errors import ServerProcessError
-from .log_parsing import one_line
+from .liveness import ProbeSettings
 from .process import TritonServer
-from .stub_watchdog import StubWatchdog
+from .supervisor import Policy, Supervisor
 
 # The longest generation the contract allows is 512 new tokens with 8 beams, in a full batch behind
 # a full queue; on a GPU with a 7B model that takes about a minute, on a CPU several. The default
@@ -27,10 +25,6 @@ DEFAULT_DRAIN_TIMEOUT_S = 300.0
 _EXIT_TIMEOUT_S = 20
 
 
-class _StopRequested(Exception):
-    """Raised in the main thread by the SIGINT/SIGTERM handler."""
-
-
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``serve``."""
     parser = subparsers.add_parser(
@@ -38,8 +32,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="serve a model repository with tritonserver (foreground; Ctrl+C stops)",
         description="Start tritonserver on a model repository, wait until every model is ready, print "
         "the endpoints, and serve until SIGINT or SIGTERM; then drain (readiness false, new requests "
-        "refused, accepted ones finish) and stop. A dead Python-backend stub's model is reloaded; if "
-        "that fails, exit 1. See docs/operations.md.",
+        "refused, accepted ones finish) and stop. A dead Python-backend stub's model is reloaded; a "
+        "dead or stuck tritonserver (found by a real inference every --probe-interval seconds) is "
+        "restarted. Exit status: 0 drained, 1 gave up, 3 drain timeout, 4 drain failed. "
+        "See docs/operations.md.",
     )
     parser.add_argument("--model-repository", required=True, type=Path, metavar="DIR")
     parser.add_argument("--grpc-port", type=int, default=8001, metavar="PORT", help="default: %(default)s")
@@ -78,36 +74,85 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         default=DEFAULT_DRAIN_TIMEOUT_S,
         metavar="SECONDS",
         help="on SIGTERM/SIGINT, how long accepted requests may take to finish before they are cut off "
-        "(default: %(default)g)",
+        "(exit 3) (default: %(default)g)",
     )
     parser.add_argument(
         "--on-stub-death",
         choices=("reload", "exit"),
         default="reload",
-        help="when a Python backend stub dies: reload its model (default), or exit non-zero at once",
+        help="when a Python backend stub dies: reload its model (default), or exit 1 at once",
+    )
+    parser.add_argument(
+        "--on-crash",
+        choices=("restart", "exit"),
+        default="restart",
+        help="when tritonserver dies or is stuck: restart it (default; at most --max-restarts times "
+        "within --restart-window, then exit 1), or exit 1 at once",
+    )
+    parser.add_argument("--max-restarts", type=int, default=3, metavar="N", help="default: %(default)s")
+    parser.add_argument(
+        "--restart-window", type=float, default=600.0, metavar="SECONDS", help="default: %(default)g"
+    )
+    parser.add_argument(
+        "--probe-interval",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="seconds between liveness probes, a tiny real inference (default: %(default)g; 0: no probe)",
+    )
+    parser.add_argument(
+        "--probe-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long one probe may take (default: %(default)g)",
+    )
+    parser.add_argument(
+        "--probe-failures",
+        type=int,
+        default=3,
+        metavar="N",
+        help="failed probes in a row (with no other request completing) that mean stuck (default: %(default)s)",
     )
     parser.set_defaults(func=run, expected_errors=(ServerProcessError,))
     return parser
-
-
-def _request_stop(signum: int, frame: FrameType | None) -> None:
-    # Ignore further signals: only --drain-timeout may cut accepted work off.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise _StopRequested(signal.Signals(signum).name)
 
 
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def policy_from_args(args: argparse.Namespace) -> Policy:
+    """The supervision policy of the flags; ``CommandError`` for a value outside its range."""
+    checks = [
+        (args.drain_timeout > 0, "--drain-timeout must be positive"),
+        (args.startup_timeout > 0, "--startup-timeout must be positive"),
+        (args.max_restarts >= 0, "--max-restarts must be 0 or more"),
+        (args.restart_window > 0, "--restart-window must be positive"),
+        (args.probe_interval >= 0, "--probe-interval must be 0 (off) or positive"),
+        (args.probe_timeout > 0, "--probe-timeout must be positive"),
+        (args.probe_failures >= 1, "--probe-failures must be 1 or more"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise CommandError(message, exit_code=2)
+    return Policy(
+        on_crash=args.on_crash,
+        on_stub_death=args.on_stub_death,
+        max_restarts=args.max_restarts,
+        restart_window_s=args.restart_window,
+        reload_timeout_s=args.startup_timeout,
+        drain_timeout_s=args.drain_timeout,
+        probe=ProbeSettings(args.probe_interval, args.probe_timeout, args.probe_failures),
+    )
+
+
 def run(args: argparse.Namespace) -> int:
-    """Serve until SIGINT/SIGTERM (drain, then exit 0) or until the server cannot serve (CommandError)."""
+    """Serve until SIGINT/SIGTERM, then drain; the exit code (``supervisor.ExitCode``)."""
     repository = args.model_repository
     if not repository.is_dir():
         raise CommandError(f"model repository not found: {repository}")
-    if args.drain_timeout <= 0:
-        raise CommandError("--drain-timeout must be positive")
+    policy = policy_from_args(args)
     admin_key = resolve_admin_key(args.admin_key_file or default_key_file(args.grpc_port))
     server = TritonServer(
         repository,
@@ -123,69 +168,27 @@ def run(args: argparse.Namespace) -> int:
         model_control="explicit",
         exit_timeout_s=_EXIT_TIMEOUT_S,
     )
-    watchdog = StubWatchdog(
-        server,
-        reload_timeout_s=args.startup_timeout,
-        max_recoveries=0 if args.on_stub_death == "exit" else 5,
-        log=_log,
-    )
-    previous = {sig: signal.signal(sig, _request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        _log(f"blip2-triton: starting tritonserver on {repository.absolute()}")
-        server.start()
-        watchdog.start()
-        models = server.ready_models()
+    supervisor = Supervisor(server, policy, log=_log)
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        # Further signals change nothing: only --drain-timeout may cut accepted work off.
+        supervisor.request_stop()
+
+    def ready() -> None:
         print(f"gRPC     {args.host}:{server.grpc_port}")
         print(f"HTTP     {f'{args.host}:{server.http_port}' if args.allow_http else 'off (--allow-http)'}")
         print(
             f"metrics  http://{args.host}:{server.metrics_port}/metrics (internal: keep it off public networks)"
         )
-        print(f"models   {', '.join(models) if models else '(none)'}")
+        print(f"models   {', '.join(server.ready_models()) or '(none)'}")
         print(f"log      {server.log_path}")
         print(f"admin    {', '.join(RESTRICTED_APIS)} need the admin key ({admin_key.source})")
         print("ready; Ctrl+C or SIGTERM drains and stops the server", flush=True)
-        while server.is_alive() and not watchdog.failed.is_set():
-            time.sleep(0.2)
-        if watchdog.failed.is_set():
-            raise ServerProcessError(f"{watchdog.failure} (log: {server.log_path})")
-        raise ServerProcessError(
-            f"tritonserver exited unexpectedly with code {server.returncode} (log: {server.log_path})"
-        )
-    except _StopRequested as stop:
-        watchdog.pause()
-        _drain_and_stop(server, args.drain_timeout, str(stop))
-        return 0
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        _log(f"blip2-triton: starting tritonserver on {repository.absolute()}")
+        return int(supervisor.run(on_ready=ready))
     finally:
-        for sig in previous:
-            signal.signal(sig, signal.SIG_IGN)
-        watchdog.stop()
-        server.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def _drain_and_stop(server: TritonServer, timeout_s: float, signal_name: str) -> None:
-    """Drain (readiness false, new requests refused, accepted ones finish), then stop tritonserver."""
-    if not server.is_alive():
-        return
-    _log(f"blip2-triton: {signal_name}: draining, at most {timeout_s:g} s (--drain-timeout)")
-    try:
-        result = drain(server, timeout_s, log=_log)
-    except Exception as exc:  # the server may be dying: stop it anyway
-        _log(f"blip2-triton: drain failed ({one_line(str(exc))}); stopping tritonserver")
-        server.stop()
-        return
-    if result.complete:
-        _log(f"blip2-triton: drained in {result.seconds:.1f} s; stopping tritonserver")
-        server.stop()
-        return
-    try:
-        counts = requests_in_flight(server.metrics_url)
-        detail = ", ".join(f"{name}: {n}" for name, n in counts.items())
-        total = sum(counts.values())
-        cut = f"{total} in-flight requests ({detail})" if total else "the in-flight requests"
-    except OSError:
-        cut = "the in-flight requests (count unavailable)"
-    unfinished = ", ".join(f"{name} {state}" for name, state in result.unfinished.items())
-    server.stop()
-    _log(f"blip2-triton: drain timeout ({timeout_s:g} s): cut off {cut}; still draining: {unfinished}")
