@@ -1,6 +1,6 @@
 """serve's supervision on a served tiny export (no mocks): a dead engine stub with requests in
 flight, SIGTERM during a recovery, a wedged tritonserver (SIGSTOP), a killed one (kill -9), SIGKILL of
-serve's whole process group, ``--on-crash exit``, and a taken port that is named.
+serve's whole process group, and ``--on-crash exit`` (a taken port that is named: test_server.py).
 
 Each test runs a ``blip2-triton serve`` of its own. Figures go to ``.work/figures/supervision.json``
 (docs/operations.md); times are measured and reported, asserted only within generous bounds.
@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import time
 from pathlib import Path
 
@@ -316,17 +315,3 @@ def test_on_crash_exit_exits_1(opt_build, tmp_path: Path) -> None:
     assert "--on-crash exit" in served.stderr_text()
     assert not any(_leftovers(pid, stubs, regions).values())
     record("on_crash_exit", {"exit_code": code, "kill_to_exit_s": round(exited_at - killed_at, 2)})
-
-
-def test_a_taken_port_is_named(opt_build, tmp_path: Path) -> None:
-    """A port taken at start is named with the PID and command holding it."""
-    with socket.socket() as holder:
-        holder.bind(("127.0.0.1", 0))
-        holder.listen()
-        port = holder.getsockname()[1]
-        served = start_serve(opt_build["repository"], tmp_path, f"--grpc-port={port}", env=ENV)
-        # start_serve picked its own free ports first; the flag given last wins
-        code = served.process.wait(timeout=60)
-    stderr = served.stderr_text()
-    assert code == 1, stderr
-    assert f"gRPC port {port} is already in use by pid {os.getpid()} (" in stderr, stderr

@@ -27,6 +27,11 @@ def model_states(client, headers: dict[str, str] | None) -> dict[str, str]:
     return states
 
 
+def ready_models(client, headers: dict[str, str] | None) -> set[str]:
+    """Models with a READY incarnation (a new one may be READY beside an old one still unloading)."""
+    return {m.name for m in client.get_model_repository_index(headers=headers).models if m.state == "READY"}
+
+
 def loaded_configs(client, headers: dict[str, str] | None) -> dict[str, dict]:
     """Config (JSON form) of every READY model, through a ``tritonclient.grpc`` client."""
     index = client.get_model_repository_index(headers=headers).models

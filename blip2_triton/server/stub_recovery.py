@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .model_graph import CALLERS, callers, loaded_configs, model_states
+from .model_graph import CALLERS, callers, loaded_configs, model_states, ready_models
 from .process import TritonServer
 
 # A dead stub's model that held no request unloads in about a second (1.0-1.2 s measured on a busy
@@ -112,8 +112,7 @@ def recover(
             if stop():
                 return result(Outcome.STOPPED, unloaded)
             client.load_model(name, headers=headers, client_timeout=remaining())
-        states = model_states(client, headers)
-        for name in sorted(n for n in configs if states.get(n) != "READY"):
+        for name in sorted(set(configs) - ready_models(client, headers)):
             if stop():
                 return result(Outcome.STOPPED, unloaded)
             client.load_model(name, headers=headers, client_timeout=remaining())

@@ -33,10 +33,10 @@ from .errors import PortInUseError, ServerProcessError
 from .lifecycle import Budget, Lifecycle, State
 from .liveness import LivenessProbe, ProbeSettings
 from .log_parsing import one_line
-from .model_graph import model_states
+from .model_graph import model_states, ready_models
 from .ports import accepts_connections
 from .process import ServerStartAborted, TritonServer
-from .process_table import stub_processes
+from .process_table import StubProcess, stub_processes
 from .shm_privacy import RegionPrivacy
 from .stub_recovery import STUCK_GRACE_S, Outcome, instance_gone, recover
 from .stub_watchdog import StubExited, StubWatchdog
@@ -104,7 +104,6 @@ class Supervisor:
         self.restarts = Budget(policy.max_restarts, policy.restart_window_s)
         stub_limit = policy.max_stub_recoveries if policy.on_stub_death == "reload" else 0
         self.recoveries = Budget(stub_limit, policy.stub_window_s)
-        self._retiring: set[int] = set()  # stubs of models unloaded on purpose: their exit is no death
         # Dead stubs (of a recovery under way, or during a drain), by model: a drain ends at once if
         # one's instance is not gone ``drain_stuck_grace_s`` after it died (its requests are stuck).
         self._dead: dict[str, StubExited] = {}
@@ -211,7 +210,7 @@ class Supervisor:
 
     def _stub_exited(self, event: StubExited) -> None:
         stub = event.stub
-        if event.server_pid != self.server.pid or stub.pid in self._retiring:
+        if event.server_pid != self.server.pid or self._replaced(stub):
             return
         if self.lifecycle.state is not State.SERVING:
             return
@@ -219,13 +218,13 @@ class Supervisor:
 
         client = grpcclient.InferenceServerClient(self.server.grpc_url)
         try:
-            state = model_states(client, self.server.admin_grpc_headers).get(stub.model)
+            ready = stub.model in ready_models(client, self.server.admin_grpc_headers)
         except Exception as exc:  # the server is going: the main loop sees that next
             self.log(f"blip2-triton: stub {stub.instance} exited; the model index is unavailable ({exc})")
             return
         finally:
             client.close()
-        if state != "READY":
+        if not ready:
             return  # its model was being unloaded: the stub ended with it
         self.log(
             f"blip2-triton: Python backend stub {stub.instance} (pid {stub.pid}) died; "
@@ -242,7 +241,6 @@ class Supervisor:
             return
         self.lifecycle.to(State.RECOVERING)
         self._dead[stub.model] = event
-        before = stub_processes(event.server_pid)
         result = recover(
             self.server,
             stub.model,
@@ -251,7 +249,6 @@ class Supervisor:
             stop=self._stopping,
             grace_s=self.policy.stuck_grace_s,
         )
-        self._retiring |= {s.pid for s in before if s.model in result.unloaded}
         if result.outcome is Outcome.RELOADED:
             self._dead.pop(stub.model, None)
             self.lifecycle.to(State.SERVING)
@@ -265,6 +262,13 @@ class Supervisor:
             )
         else:
             self._server_failed(result.detail)
+
+    def _replaced(self, stub: StubProcess) -> bool:
+        """Whether another live stub runs ``stub``'s instance: the exit ended an old incarnation of a
+        reloaded model. Triton never restarts a stub, so a dead instance has no live stub."""
+        return any(
+            s.instance == stub.instance and s.pid != stub.pid for s in stub_processes(self.server.pid or 0)
+        )
 
     # -- draining ----------------------------------------------------------------------------------
 
@@ -318,6 +322,7 @@ class Supervisor:
             return f"tritonserver exited with code {self.server.returncode} during the drain"
         headers = self.server.admin_grpc_headers
         states = model_states(client, headers)
+        ready = ready_models(client, headers)
         while True:
             try:
                 event = self.events.get_nowait()
@@ -325,10 +330,10 @@ class Supervisor:
                 break
             if not isinstance(event, StubExited) or event.server_pid != self.server.pid:
                 continue
-            if event.stub.pid in self._retiring:
+            if self._replaced(event.stub):
                 continue
             model = event.stub.model
-            if states.get(model) != "READY":
+            if model not in ready:
                 continue
             # The model cannot answer; unload it now (what it held ends with an error, or is stuck:
             # see below). It is never loaded again.
