@@ -107,6 +107,8 @@ def _release(device: str) -> None:
 class TimingSink:
     """An engine sink that notes when a request's first text and its end arrive."""
 
+    wants_pieces = True  # as a stream: the engine decodes pieces as they come
+
     def __init__(self, done: threading.Semaphore) -> None:
         self._done = done
         self.first_text_at: float | None = None
