@@ -235,6 +235,8 @@ def test_killed_stub_is_noticed_and_its_model_reloaded(served: ServeProcess, kin
         states = [(m.name, m.version, m.state, m.reason) for m in index.models]
         assert client.is_server_ready(client_timeout=60), (states, served.stderr_text())
         assert client.is_model_ready(PUBLIC_MODEL, client_timeout=60)
+    except InferenceServerException as exc:  # say what serve was doing (a second recovery?)
+        raise AssertionError(f"server unreachable after it was ready: {exc}; {served.stderr_text()}") from exc
     finally:
         client.close()
     # While readiness said ready, requests did not fail for long: failures sit between the kill and
