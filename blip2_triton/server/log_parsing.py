@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from blip2_triton.runtime.errors import one_line as _one_line
+
 _LOG_TAIL_LINES = 60
 _MAX_MESSAGE_CHARS = 400
 
@@ -15,7 +17,8 @@ _HARMLESS = ("CudaDriverHelper has not been initialized", "Failed to initialize 
 
 
 def one_line(text: str) -> str:
-    line = " ".join(str(text).split())
+    """``text`` on one line (``runtime.errors.one_line``), cut to a readable length."""
+    line = _one_line(text)
     return line if len(line) <= _MAX_MESSAGE_CHARS else line[: _MAX_MESSAGE_CHARS - 3] + "..."
 
 
