@@ -56,8 +56,14 @@ class RequestResponder:
         self._cancel_requested = True
 
     def cancelled(self) -> bool:
-        """Whether the engine should drop the request's rows now."""
-        return self._answered or self._cancel_requested or self._client_cancelled()
+        """Whether the engine should drop the request's rows now.
+
+        The client's flag is read under the send lock, so it is never asked after the final
+        response went out (Triton 2.51 crashes on ``is_cancelled`` of a finished request)."""
+        if self._answered or self._cancel_requested:
+            return True
+        with self._lock:
+            return self._answered or self._client_cancelled()
 
     # -- callbacks (engine thread) -------------------------------------------------------------------
 
