@@ -1,0 +1,1 @@
+../../front/1/model.py
