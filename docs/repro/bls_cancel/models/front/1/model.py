@@ -12,8 +12,10 @@ Who ends a stopped stream is ``final_from``: the streaming thread itself, before
 ("stream"), or the thread that saw the stop at once ("other": a watcher thread polling
 ``is_cancelled()`` every 10 ms, or the thread running the control request), while the streaming
 thread may be in the middle of a send. How it ends is ``after_cancel``; the front's BLS iterator is
-then read to its end or dropped (``read_to_end``). With ``send_lock`` every send of a stream holds
-the stream's lock and none follows its end. Every loop is bounded by the number of pieces.
+then read to its end or dropped (``read_to_end``), and a finished iterator held a while longer
+(``keep_iterators_s``). With ``send_lock`` every send of a stream holds the stream's lock and none
+follows its end; ``poll_after_end_s`` adds a thread asking ``is_cancelled()`` past the stream's end.
+Every loop is bounded in count or time. Each parameter is explained in the config.pbtxt files.
 """
 
 import asyncio
