@@ -6,7 +6,9 @@ lost) but keeps its message; ``step_error`` turns the message back into our erro
 
 from __future__ import annotations
 
+import collections
 import threading
+import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -96,16 +98,53 @@ class DecoupledCall:
         results: list[dict[str, np.ndarray]] = []
         error: BaseException | None = None
         try:
-            for response in self._request.exec(decoupled=True):
+            responses = self._request.exec(decoupled=True)
+            for response in responses:
                 if response.has_error():
                     error = error or step_error(self._model_name, response.error())
                     continue
                 found = {name: pb_utils.get_output_tensor_by_name(response, name) for name in self._outputs}
                 if any(tensor is not None for tensor in found.values()):
-                    results.append({n: t.as_numpy() for n, t in found.items() if t is not None})
+                    results.append({n: t.as_numpy().copy() for n, t in found.items() if t is not None})
+            _FINISHED.keep(responses)
         except Exception as exc:  # the call itself failed (model gone, server stopping)
             error = error or StepFailedError(f"{self._model_name}: {one_line(exc)}")
         if error is not None:
             self.future.set_exception(error)
         else:
             self.future.set_result(results)
+
+
+class _FinishedIterators:
+    """Finished decoupled BLS response iterators, kept referenced ``HOLD_S`` seconds, then released.
+
+    Python backend 2.51 (before r24.12) frees an iterator that Python no longer holds on the stub's
+    message thread, without the GIL, which corrupts the stub's heap (``docs/repro/bls_cancel``, T2:
+    19 of 20 runs broken, none in 28 with finished iterators held 5 s). Held here, an iterator is
+    released later by this thread, with the GIL, after the stub is done with it.
+    """
+
+    HOLD_S = 5.0
+
+    def __init__(self) -> None:
+        self._held: collections.deque = collections.deque()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def keep(self, iterator) -> None:
+        with self._lock:
+            self._held.append((time.monotonic() + self.HOLD_S, iterator))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._release, name="blip2-bls-release", daemon=True)
+                self._thread.start()
+
+    def _release(self) -> None:
+        while True:
+            time.sleep(1.0)
+            now = time.monotonic()
+            with self._lock:
+                while self._held and self._held[0][0] <= now:
+                    self._held.popleft()
+
+
+_FINISHED = _FinishedIterators()
