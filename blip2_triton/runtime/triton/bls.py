@@ -34,18 +34,23 @@ def step_error(model_name: str, error) -> Exception:
     )
 
 
+def _request(model_name: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str], request_id: str = ""):
+    """A BLS request to ``model_name`` with ``inputs`` by name, asking for ``outputs``."""
+    return pb_utils.InferenceRequest(
+        model_name=model_name,
+        requested_output_names=list(outputs),
+        inputs=[pb_utils.Tensor(name, array) for name, array in inputs.items()],
+        request_id=request_id,
+    )
+
+
 async def call_model(model_name: str, inputs: dict[str, np.ndarray], outputs: Sequence[str]) -> dict:
     """Run another model of the repository through BLS; outputs by name.
 
     Python backend 2.51 reports every error of a called model as INTERNAL (the callee's INVALID_ARG
     is lost), so a caller should check its inputs itself before calling.
     """
-    request = pb_utils.InferenceRequest(
-        model_name=model_name,
-        requested_output_names=list(outputs),
-        inputs=[pb_utils.Tensor(name, array) for name, array in inputs.items()],
-    )
-    response = await request.async_exec()
+    response = await _request(model_name, inputs, outputs).async_exec()
     if response.has_error():
         raise step_error(model_name, response.error())
     return {name: pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in outputs}
@@ -83,12 +88,7 @@ class DecoupledCall:
         from concurrent.futures import Future
 
         self.future: Future = Future()
-        self._request = pb_utils.InferenceRequest(
-            model_name=model_name,
-            requested_output_names=list(outputs),
-            inputs=[pb_utils.Tensor(name, array) for name, array in inputs.items()],
-            request_id=request_id,
-        )
+        self._request = _request(model_name, inputs, outputs, request_id)
         self._model_name = model_name
         self._outputs = list(outputs)
         thread = threading.Thread(target=self._read, name="blip2-bls-call", daemon=True)
