@@ -27,46 +27,56 @@ from .triton_requests import build_inputs
 MAX_DELAY_S = 0.1  # clients leave 0-100 ms after sending
 
 
+def _threaded(total: int, threads: int, seed: int, work) -> int:
+    """``total`` requests over ``threads`` threads: ``work(rng, count)`` sends ``count`` of them with
+    a random source of its own and returns what it counted; the counts summed."""
+    counts = [0] * threads
+    per_thread = -(-total // threads)
+
+    def run(index: int) -> None:
+        counts[index] = work(random.Random(seed * 1000 + index), per_thread)
+
+    _run_threads(run, threads)
+    return sum(counts)
+
+
 def stream_cancels(
     url: str, image: bytes, total: int, settings: dict, *, threads: int = 8, seed: int = 0
 ) -> int:
     """``total`` streams to ``blip2_stream``, each cancelled (``stop_stream(cancel_requests=True)``)
     0-100 ms after it was sent, by ``threads`` threads. Returns how many were sent."""
-    sent = [0] * threads
-    per_thread = -(-total // threads)
 
-    def run(index: int) -> None:
-        rng = random.Random(seed * 1000 + index)
+    def work(rng: random.Random, count: int) -> int:
         client = grpcclient.InferenceServerClient(url)
+        sent = 0
         try:
-            for _ in range(per_thread):
+            for _ in range(count):
                 client.start_stream(callback=lambda result, error: None)
                 client.async_stream_infer(STREAM_MODEL, build_inputs(image, **settings))
-                sent[index] += 1
+                sent += 1
                 time.sleep(rng.uniform(0, MAX_DELAY_S))
                 client.stop_stream(cancel_requests=True)
         finally:
             client.close()
+        return sent
 
-    _run_threads(run, threads)
-    return sum(sent)
+    return _threaded(total, threads, seed, work)
 
 
 def sdk_breakouts(url: str, image: bytes, total: int, settings: dict, *, threads: int = 4) -> int:
     """``total`` SDK streams (``Blip2Client.stream_caption``) left with ``break`` after their first
     piece, as the README shows. Returns how many pieces were read."""
-    pieces = [0] * threads
-    per_thread = -(-total // threads)
 
-    def run(index: int) -> None:
+    def work(rng: random.Random, count: int) -> int:
+        pieces = 0
         with Blip2Client(url) as client:
-            for _ in range(per_thread):
+            for _ in range(count):
                 for _piece in client.stream_caption(image, **settings):
-                    pieces[index] += 1
+                    pieces += 1
                     break
+        return pieces
 
-    _run_threads(run, threads)
-    return sum(pieces)
+    return _threaded(total, threads, 0, work)
 
 
 def sdk_task_cancels(
@@ -99,17 +109,15 @@ def unary_cancels(
 ) -> int:
     """``total`` unary requests to ``blip2``: half cancelled (``InferAsyncRequest.cancel``) 0-100 ms
     after sending, half with a client deadline of 20-100 ms. Returns how many were sent."""
-    sent = [0] * threads
-    per_thread = -(-total // threads)
 
-    def run(index: int) -> None:
-        rng = random.Random(seed * 1000 + index)
+    def work(rng: random.Random, count: int) -> int:
         client = grpcclient.InferenceServerClient(url)
+        sent = 0
         try:
-            for number in range(per_thread):
+            for number in range(count):
                 if number % 2:
                     request = client.async_infer(
-                        PUBLIC_MODEL, build_inputs(image, **settings), lambda r, e: None
+                        PUBLIC_MODEL, build_inputs(image, **settings), lambda result, error: None
                     )
                     time.sleep(rng.uniform(0, MAX_DELAY_S))
                     request.cancel()
@@ -120,12 +128,12 @@ def unary_cancels(
                             build_inputs(image, **settings),
                             client_timeout=rng.uniform(0.02, 0.1),
                         )
-                sent[index] += 1
+                sent += 1
         finally:
             client.close()
+        return sent
 
-    _run_threads(run, threads)
-    return sum(sent)
+    return _threaded(total, threads, seed, work)
 
 
 def _run_threads(target, count: int, timeout_s: float = 300.0) -> None:
