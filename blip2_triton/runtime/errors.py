@@ -26,9 +26,10 @@ class EngineOverloadedError(Blip2RuntimeError):
 
     prefix = "server overloaded:"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, reason: str = "queue_full") -> None:
         message = one_line(message)
         super().__init__(message if message.startswith(self.prefix) else f"{self.prefix} {message}")
+        self.reason = reason  # for the rejection metric: "queue_full" or "shutting_down"
 
 
 class ClientGoneError(Blip2RuntimeError):

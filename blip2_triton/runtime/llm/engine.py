@@ -187,7 +187,7 @@ class InflightEngine:
         beam = (request.settings.beam_width or 1) > 1
         with self._wake:
             if not self._accepting:
-                raise EngineOverloadedError("the LLM stage is shutting down")
+                raise EngineOverloadedError("the LLM stage is shutting down", reason="shutting_down")
             waiting = len(self._pending) + self._beams.qsize()
             if waiting >= self.limits.max_queued:
                 raise EngineOverloadedError(
