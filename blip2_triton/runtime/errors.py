@@ -72,6 +72,16 @@ CODES: tuple[tuple[type[Blip2RuntimeError], str], ...] = (
 _TAG = re.compile(r"^\[(INVALID_ARG|UNAVAILABLE|CANCELLED)\] ")
 
 
+def rejection_reason(exc: BaseException) -> str | None:
+    """Why a request was refused before generation ("invalid", "queue_full", "shutting_down"), for
+    the rejection metric; None for an error that is no refusal (a cancel, a failure)."""
+    if isinstance(exc, RequestValidationError):
+        return "invalid"
+    if isinstance(exc, EngineOverloadedError):
+        return exc.reason
+    return None
+
+
 def code_of(exc: BaseException) -> str:
     """The Triton error code name ``exc`` is answered with."""
     return next((code for kind, code in CODES if isinstance(exc, kind)), "INTERNAL")

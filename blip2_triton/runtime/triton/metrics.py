@@ -7,7 +7,13 @@
 ``blip2_time_to_first_token_seconds`` and ``blip2_time_per_output_token_seconds`` (histograms,
 one observation per finished request), and the OPT prefix cache's ``blip2_prefix_cache_hits_total``,
 ``blip2_prefix_cache_misses_total``, ``blip2_prefix_cache_tokens_saved_total`` and
-``blip2_prefix_cache_bytes``. The vision cache's hits and misses are Triton's own
+``blip2_prefix_cache_bytes``. For capacity and scaling: ``blip2_slot_capacity`` and
+``blip2_queue_capacity`` (gauges: the engine's slots and wait-queue bound), ``blip2_prompt_tokens_total``
+(input ids of admitted rows, image tokens included), ``blip2_requests_rejected_total`` by ``reason``
+(``invalid``, ``queue_full``, ``shutting_down``), ``blip2_requests_failed_total`` (errors that are
+neither a refusal nor a cancel), ``blip2_request_duration_seconds`` (histogram: accepted -> final
+response, cancels left out) and ``blip2_engine_start_time_seconds`` (when this engine loaded: it
+changes at every reload after a stub death and at every restart). The vision cache's hits and misses are Triton's own
 response-cache metrics of ``blip2_vision`` (``nv_cache_num_hits_per_model``,
 ``nv_cache_num_misses_per_model``).
 """
@@ -20,8 +26,12 @@ import time
 
 import triton_python_backend_utils as pb_utils
 
+from ..errors import ClientGoneError, rejection_reason
+
 TTFT_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
 TPOT_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]
+LATENCY_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0]
+REJECTION_REASONS = ("invalid", "queue_full", "shutting_down")
 POLL_S = 0.25
 
 
@@ -65,6 +75,23 @@ class EngineMetrics:
                 counter,
             ),
             "prefix_bytes": _family("blip2_prefix_cache_bytes", "Bytes held by the prefix cache", gauge),
+            "slots": _family("blip2_slot_capacity", "Generation slots of the engine", gauge),
+            "queue_capacity": _family("blip2_queue_capacity", "Requests the engine lets wait", gauge),
+            "prompt_tokens": _family(
+                "blip2_prompt_tokens_total", "Input ids of admitted rows (image tokens included)", counter
+            ),
+            "rejected": _family(
+                "blip2_requests_rejected_total", "Requests refused before generation, by reason", counter
+            ),
+            "failed": _family(
+                "blip2_requests_failed_total",
+                "Requests answered with an error (not refusals, not cancels)",
+                counter,
+            ),
+            "latency": _family(
+                "blip2_request_duration_seconds", "Accepted request to its final response", histogram
+            ),
+            "started": _family("blip2_engine_start_time_seconds", "Unix time this engine loaded", gauge),
         }
         f = self._families
         self.tokens = f["tokens"].Metric(labels=labels)
@@ -81,6 +108,16 @@ class EngineMetrics:
         self.prefix_misses = f["prefix_misses"].Metric(labels=labels)
         self.prefix_saved = f["prefix_saved"].Metric(labels=labels)
         self.prefix_bytes = f["prefix_bytes"].Metric(labels=labels)
+        self.slots = f["slots"].Metric(labels=labels)
+        self.queue_capacity = f["queue_capacity"].Metric(labels=labels)
+        self.prompt_tokens = f["prompt_tokens"].Metric(labels=labels)
+        self.rejected = {
+            reason: f["rejected"].Metric(labels={**labels, "reason": reason}) for reason in REJECTION_REASONS
+        }
+        self.failed = f["failed"].Metric(labels=labels)
+        self.latency = f["latency"].Metric(labels=labels, buckets=LATENCY_BUCKETS)
+        self.started = f["started"].Metric(labels=labels)
+        self._capacity = (engine.limits.max_active, engine.limits.max_queued, time.time())
         self._seen = dict.fromkeys(
             (
                 "generated_tokens",
@@ -93,7 +130,7 @@ class EngineMetrics:
             0,
         )
         self._reported = False
-        self._answered: collections.deque = collections.deque()
+        self._events: collections.deque = collections.deque()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="blip2-llm-metrics", daemon=True)
         self._thread.start()
@@ -111,9 +148,24 @@ class EngineMetrics:
         increment sent to a histogram). Metrics never break serving: a failure is logged once.
         """
         start = getattr(responder, "submitted_at", None)
-        self._answered.append(
-            (cancelled, start, responder.first_text_at, responder.finished_at, responder.tokens)
+        self._events.append(
+            (
+                self._record,
+                (cancelled, start, responder.first_text_at, responder.finished_at, responder.tokens),
+            )
         )
+
+    def admitted(self, prompt_tokens: int) -> None:
+        """Count the input ids of one row the engine took."""
+        self._events.append((self.prompt_tokens.increment, (prompt_tokens,)))
+
+    def errored(self, error: BaseException) -> None:
+        """Count a request answered with ``error``: a refusal by its reason, or a failure."""
+        reason = rejection_reason(error)
+        if reason in self.rejected:
+            self._events.append((self.rejected[reason].increment, (1,)))
+        elif not isinstance(error, ClientGoneError):
+            self._events.append((self.failed.increment, (1,)))
 
     def _failed(self, exc: Exception) -> None:
         if not self._reported:
@@ -127,6 +179,8 @@ class EngineMetrics:
             self.cancelled_count.increment(1)
             return
         self.finished_count.increment(1)
+        if start is not None and last is not None:
+            self.latency.observe(max(last - start, 0.0))
         if start is not None and first is not None:
             self.ttft.observe(max(first - start, 0.0))
         if first is not None and last is not None and tokens > 1:
@@ -140,8 +194,15 @@ class EngineMetrics:
                 self._failed(exc)
 
     def _publish(self, stats: dict) -> None:
-        while self._answered:
-            self._record(*self._answered.popleft())
+        if self._capacity is not None:
+            slots, queued, started = self._capacity
+            self.slots.set(float(slots))
+            self.queue_capacity.set(float(queued))
+            self.started.set(started)
+            self._capacity = None
+        while self._events:
+            call, args = self._events.popleft()
+            call(*args)
         self.active.set(float(stats.get("active", 0)))
         self.queued.set(float(stats.get("queued", 0)))
         self.prefix_bytes.set(float(stats.get("prefix_cache_bytes", 0)))

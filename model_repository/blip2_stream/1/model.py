@@ -80,6 +80,7 @@ class TritonPythonModel:
             if stream and len(rows) != 1:
                 raise RequestValidationError(f"a streaming request holds one image, got {len(rows)}")
         except Exception as exc:
+            self.metrics.errored(exc)
             sender.send(error_response(exc, self.logger, tag=relayed), flags=FINAL)
             return
         holder: list[RequestResponder] = []
@@ -103,6 +104,7 @@ class TritonPythonModel:
                 responder.sink(index).on_cancelled()
                 return
             self.engine.submit(row.request(query_embeds), responder.sink(index))
+            self.metrics.admitted(len(row.prompt_ids))
         except Exception as exc:
             responder.fail(index, exc)  # the request's other rows see is_cancelled() and leave
 
@@ -112,6 +114,7 @@ class TritonPythonModel:
                 self.relayed.finished(request_id)
                 self.metrics.finished(holder[0], cancelled=holder[0].cancelled_by_client)
             if error is not None:
+                self.metrics.errored(error)
                 sender.send(error_response(error, self.logger, tag=relayed), flags=FINAL)
             elif texts is not None:
                 response = output_response({TEXT_OUTPUT.name: text_array(texts)})
