@@ -24,7 +24,7 @@ pytestmark = pytest.mark.server
 DOCKER = Path(__file__).resolve().parents[1] / "docker"
 DASHBOARD = DOCKER / "monitoring" / "grafana" / "dashboards" / "blip2-triton.json"
 ALERTS = DOCKER / "k8s" / "prometheusrule.yaml"
-ADAPTER = DOCKER / "k8s" / "prometheus-adapter-rules.yaml"
+ADAPTER = DOCKER / "monitoring" / "prometheus-adapter-values.yaml"
 HPA = DOCKER / "k8s" / "hpa.yaml"
 # Not on Triton's port: kube-state-metrics (pod readiness, container restarts).
 KUBE_STATE_METRICS = {"kube_pod_status_ready", "kube_pod_container_status_restarts_total"}
