@@ -11,13 +11,16 @@ METRICS_PORT ?= 8002
 DTYPE ?= fp32
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test lint export serve bench perf clean train-scenes eval-scenes
+.PHONY: help setup lock demo test lint export serve bench perf clean train-scenes eval-scenes
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-8s %s\n", $$1, $$2}'
 
 setup: ## create .venv with everything pinned (tritonserver included); fast when nothing changed
 	@bash scripts/setup.sh
+
+lock: ## regenerate the hashed requirements*.lock from pyproject.toml with uv (keeps the pins; LOCK_ARGS="--upgrade-package NAME")
+	@LOCK_ARGS="$(LOCK_ARGS)" bash scripts/lock.sh
 
 demo: setup ## end to end: build (or take MODEL=<hub id|folder>), export, serve, caption and ask, stop
 	@$(BIN)/python -P -m blip2_triton.demo $(if $(MODEL),--model "$(MODEL)") --work-dir "$(WORK)/demo"

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Creates .venv with every pinned dependency (the real tritonserver included) and the system
+# Creates .venv with every pinned and hashed dependency (the real tritonserver included) and the system
 # libraries perf_analyzer needs. Idempotent: a stamp of the lock files skips work when nothing changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3.11}
 VENV=.venv
 STAMP=$VENV/.setup-stamp
-want=$(cat requirements.lock requirements-dev.lock pyproject.toml training/pyproject.toml | sha256sum | cut -d' ' -f1)
+want=$(cat requirements-build.lock requirements.lock requirements-dev.lock pyproject.toml training/pyproject.toml | sha256sum | cut -d' ' -f1)
 
 if ! ldconfig -p 2>/dev/null | grep -q 'libb64.so.0d'; then
   echo "setup: installing libb64-0d (needed by perf_analyzer)"
@@ -29,9 +29,10 @@ pip_install() {
     exit 1
   fi
 }
-pip_install --upgrade pip setuptools wheel
+# Every file is checked against the hashes in the locks (make lock writes them from pyproject.toml).
+pip_install --require-hashes -r requirements-build.lock
 echo "setup: installing pinned dependencies (torch, transformers, onnxruntime, tritonserver, tritonclient); log: $LOG"
-pip_install -r requirements.lock -r requirements-dev.lock
+pip_install --require-hashes -r requirements.lock -r requirements-dev.lock
 pip_install --no-deps --no-build-isolation -e .
 # The scene-model training (make train-scenes): a distribution of its own, not in the serving wheel.
 pip_install --no-deps --no-build-isolation -e training
