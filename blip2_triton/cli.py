@@ -19,10 +19,19 @@ from blip2_triton.client import index_command
 from blip2_triton.command_errors import PROG, CommandError, print_error
 from blip2_triton.demo import command as demo_command
 from blip2_triton.export import command as export_command
+from blip2_triton.openai_api import command as openai_command
 from blip2_triton.scenes import eval_command
 from blip2_triton.server import serve_command
 
-COMMAND_MODULES = (serve_command, export_command, client_command, index_command, demo_command, eval_command)
+COMMAND_MODULES = (
+    serve_command,
+    export_command,
+    client_command,
+    index_command,
+    demo_command,
+    eval_command,
+    openai_command,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -33,7 +33,7 @@ compile() {  # compile OUTPUT INPUT... [FLAGS]: into a temporary file first, so 
 }
 
 compile requirements.lock pyproject.toml training/pyproject.toml \
-  --extra export --extra server --extra perf --override "$tmp/self.txt" --no-emit-package blip2-triton
+  --extra export --extra server --extra perf --extra openai --override "$tmp/self.txt" --no-emit-package blip2-triton
 # The dev lock holds what the dev extra adds: the packages of requirements.lock are not repeated.
 runtime=()
 for name in $(grep -oE '^[A-Za-z0-9][A-Za-z0-9._-]*' requirements.lock); do runtime+=(--no-emit-package "$name"); done
