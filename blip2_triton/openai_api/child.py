@@ -8,6 +8,7 @@ answers 503 with ``Retry-After``, while ``/health`` says not ready.
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import os
 import signal
@@ -20,6 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from blip2_triton.command_errors import CommandError
+
+from .config import API_KEY_ENV
 
 _PR_SET_PDEATHSIG = 1
 _POLL_S = 0.1
@@ -94,3 +97,36 @@ class FrontendChild:
                 process.kill()
                 process.wait()
         return process.returncode
+
+
+def add_serve_flags(parser: argparse.ArgumentParser) -> None:
+    """``serve``'s flags for the frontend beside tritonserver."""
+    parser.add_argument(
+        "--openai-port",
+        type=int,
+        metavar="PORT",
+        help="also serve the OpenAI API on PORT (blip2-triton openai, on --host; "
+        f"API key from ${API_KEY_ENV}); stopped after the drain",
+    )
+    parser.add_argument(
+        "--openai-allow-image-host",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="image_url may be an http(s) URL on HOST (repeat for more)",
+    )
+
+
+def for_serve(args: argparse.Namespace, grpc_port: int) -> FrontendChild | None:
+    """The frontend ``serve``'s flags ask for (None without ``--openai-port``); its port checked now."""
+    from blip2_triton.server.ports import port_in_use
+
+    if args.openai_port is None:
+        return None
+    if port_in_use(args.openai_port):
+        raise CommandError(f"port {args.openai_port} is in use (--openai-port)")
+    grpc_host = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host
+    flags = [f"--allow-image-host={host}" for host in args.openai_allow_image_host]
+    return FrontendChild(
+        f"{grpc_host}:{grpc_port}", args.model_repository, args.host, args.openai_port, flags
+    )

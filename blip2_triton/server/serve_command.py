@@ -9,6 +9,7 @@ from pathlib import Path
 from types import FrameType
 
 from blip2_triton.command_errors import CommandError
+from blip2_triton.openai_api import child as openai_child
 
 from .access import ADMIN_KEY_ENV, RESTRICTED_APIS, default_key_file, resolve_admin_key
 from .errors import ServerProcessError
@@ -114,6 +115,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         metavar="N",
         help="failed probes in a row (with no other request completing) that mean stuck (default: %(default)s)",
     )
+    openai_child.add_serve_flags(parser)
     parser.set_defaults(func=run, expected_errors=(ServerProcessError,))
     return parser
 
@@ -169,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
         exit_timeout_s=_EXIT_TIMEOUT_S,
     )
     supervisor = Supervisor(server, policy, log=_log)
+    frontend = openai_child.for_serve(args, server.grpc_port)  # None without --openai-port
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
         # Further signals change nothing: only --drain-timeout may cut accepted work off.
@@ -183,6 +186,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"models   {', '.join(server.ready_models()) or '(none)'}")
         print(f"log      {server.log_path}")
         print(f"admin    {', '.join(RESTRICTED_APIS)} need the admin key ({admin_key.source})")
+        if frontend is not None:
+            frontend.start()
+            print(f"openai   {frontend.url}/v1 (OpenAI API; stopped after the drain)")
         print("ready; Ctrl+C or SIGTERM drains and stops the server", flush=True)
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -190,5 +196,7 @@ def run(args: argparse.Namespace) -> int:
         _log(f"blip2-triton: starting tritonserver on {repository.absolute()}")
         return int(supervisor.run(on_ready=ready))
     finally:
+        if frontend is not None:  # after the drain: until then it answers 503 for what Triton refuses
+            frontend.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
