@@ -1,4 +1,4 @@
-"""Reading tritonserver's glog output: why a server that is not ready failed."""
+"""Reading tritonserver's log (either ``--log-format``): why a server that is not ready failed."""
 
 from __future__ import annotations
 
@@ -9,7 +9,12 @@ from blip2_triton.runtime.errors import one_line as _one_line
 _LOG_TAIL_LINES = 60
 _MAX_MESSAGE_CHARS = 400
 
-_GLOG = re.compile(r"^([IWEF])\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ [^\]]*\] ?(.*)$")
+# A log line in either --log-format: "default" (glog, "E1205 23:45:26.123456 1234 file.cc:1] ...")
+# or "ISO8601" ("2026-12-05T23:45:26Z E 1234 file.cc:1] ...").
+_GLOG = re.compile(
+    r"^(?:(?P<glog>[IWEF])\d{4} \d\d:\d\d:\d\d\.\d+|\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ (?P<iso>[IWEF]))"
+    r" +\d+ [^\]]*\] ?(?P<message>.*)$"
+)
 _FAILED_LOAD = re.compile(r"failed to load '([^']+)' version \d+: (.*)")
 _BAD_MODEL_DIR = re.compile(r"Poll failed for model directory '([^']+)': (.*)")
 # Logged at error level on every machine without a GPU; not the cause of anything.
@@ -43,9 +48,9 @@ def startup_failure(log: str, returncode: int | None) -> tuple[str, str | None]:
             final_error = final_error or line.removeprefix("error: ").strip()
             continue
         match = _GLOG.match(line)
-        if not match or match.group(1) not in "EF":
+        if not match or (match["glog"] or match["iso"]) not in "EF":
             continue
-        message = _glog_message(match.group(2))
+        message = _glog_message(match["message"])
         failed = _FAILED_LOAD.search(message) or _BAD_MODEL_DIR.search(message)
         if failed:
             detail = failed.group(2).removeprefix("Internal: ").strip()

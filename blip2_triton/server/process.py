@@ -2,7 +2,8 @@
 
 The server is started pytriton-style: its own session, killed with its parent
 (``PR_SET_PDEATHSIG`` = SIGKILL: a wedged server ignores SIGTERM), umask 077 (its shared-memory
-regions are the serving user's only), output to a log file, readiness polled with a timeout,
+regions are the serving user's only), output to a size-capped log file and optionally echoed on a
+stream (``log_tee.py``), readiness polled with a timeout,
 stopped by PID (SIGINT, wait, then SIGKILL of its process group). A guardian process
 (``guardian.py``) kills the stubs and removes their ``/dev/shm`` regions if this process dies
 without stopping the server. Startup failures raise a ``ServerProcessError`` whose message is one
@@ -23,7 +24,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .access import AdminKey
 from .environment import server_environment
@@ -31,6 +32,7 @@ from .errors import ModelLoadError, PortInUseError, ServerProcessError, ServerSt
 from .guardian import Guardian
 from .installation import prepare_backend_directory, tritonserver_root
 from .log_parsing import startup_failure, tail
+from .log_tee import DEFAULT_MAX_BYTES, LogTee
 from .ports import describe_port_holders, free_ports, port_in_use
 from .process_table import SHM_DIR, group_members, group_stubs, server_regions, stub_processes
 
@@ -62,6 +64,11 @@ def _server_preexec(parent_pid: int, libc: ctypes.CDLL) -> None:
         os._exit(1)
 
 
+def _local(host: str) -> str:
+    """The address a local client uses for an endpoint bound to ``host``: loopback for every interface."""
+    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+
+
 def _group_alive(pgid: int) -> bool:
     """Whether process group ``pgid`` still has a member."""
     try:
@@ -86,9 +93,10 @@ class TritonServer:
     from a thread that lives as long as the server should. A guardian process then kills the stubs
     and removes their shared-memory regions (``guardian.py``).
 
-    ``host`` is the address every endpoint binds (loopback unless told otherwise); ``allow_http``
-    turns the HTTP endpoint on; ``admin_key`` puts the restricted APIs (``access.RESTRICTED_APIS``)
-    behind a key (None: no restriction).
+    ``host`` is the address every endpoint binds (loopback unless told otherwise), ``http_host`` the
+    HTTP endpoint's when it differs (None: ``host``); ``allow_http`` turns the HTTP endpoint on; ``admin_key`` puts the restricted APIs (``access.RESTRICTED_APIS``)
+    behind a key (None: no restriction). The server's output goes to ``log_file`` (rotated at
+    ``log_max_bytes``, one backup) and, when ``echo_log`` is a stream, onto it too.
     """
 
     def __init__(
@@ -108,10 +116,16 @@ class TritonServer:
         admin_key: AdminKey | None = None,
         model_control: str = "none",
         exit_timeout_s: int | None = None,
+        http_host: str | None = None,
+        log_max_bytes: int = DEFAULT_MAX_BYTES,
+        echo_log: TextIO | None = None,
     ) -> None:
         if model_control not in ("none", "explicit"):
             raise ValueError(f"model_control must be 'none' or 'explicit', not {model_control!r}")
         self.host = host
+        self.http_host = host if http_host is None else http_host
+        self.log_max_bytes = log_max_bytes
+        self.echo_log = echo_log
         self.allow_http = allow_http
         self.admin_key = admin_key
         self.model_control = model_control
@@ -126,7 +140,7 @@ class TritonServer:
         self._log_file = Path(log_file).absolute() if log_file is not None else None
         self._backend_directory = backend_directory
         self._process: subprocess.Popen[bytes] | None = None
-        self._log_offset = 0
+        self._tee: LogTee | None = None
         self._guardian = Guardian()
         # The /dev/shm regions our stubs used (from their command lines), for cleanup after a crash:
         # tritonserver removes a region when it stops the stub; a killed server cannot.
@@ -145,7 +159,7 @@ class TritonServer:
     @property
     def client_host(self) -> str:
         """The address a local client uses: loopback when the server binds every interface."""
-        return "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
+        return _local(self.host)
 
     @property
     def grpc_url(self) -> str:
@@ -153,7 +167,7 @@ class TritonServer:
 
     @property
     def http_url(self) -> str:
-        return f"{self.client_host}:{self.http_port}"
+        return f"{_local(self.http_host)}:{self.http_port}"
 
     @property
     def metrics_url(self) -> str:
@@ -182,12 +196,15 @@ class TritonServer:
         return self._process is not None and self._process.poll() is None
 
     def log_text(self) -> str:
-        """The server's output of this run so far."""
-        if self._log_file is None:
+        """The server's output of this run so far (since the last rotation, if the file was rotated)."""
+        tee = self._tee
+        if self._log_file is None or tee is None:
             return ""
+        if not self.is_alive():
+            tee.wait(timeout_s=2.0)  # every line it wrote before exiting, copied
         try:
             with open(self._log_file, "rb") as fh:
-                fh.seek(self._log_offset)
+                fh.seek(0 if tee.rolled_over else tee.start_offset)
                 return fh.read().decode("utf-8", errors="replace")
         except OSError:
             return ""
@@ -211,7 +228,7 @@ class TritonServer:
             f"--cache-directory={root / 'caches'}",
             f"--grpc-address={self.host}",
             f"--grpc-port={self.grpc_port}",
-            f"--http-address={self.host}",
+            f"--http-address={self.http_host}",
             f"--http-port={self.http_port}",
             f"--metrics-address={self.host}",
             f"--metrics-port={self.metrics_port}",
@@ -264,18 +281,20 @@ class TritonServer:
         libc = ctypes.CDLL(None, use_errno=True)
         parent_pid = os.getpid()
         self._guardian.start()
-        with open(self._log_file, "ab") as log:
-            self._log_offset = log.tell()
-            self._process = subprocess.Popen(
-                self.command(backend_dir),
-                env=server_environment(),
-                cwd=backend_dir,  # the stub puts '' (the cwd) first on sys.path: keep it inert
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=lambda: _server_preexec(parent_pid, libc),
-            )
+        self._process = subprocess.Popen(
+            self.command(backend_dir),
+            env=server_environment(),
+            cwd=backend_dir,  # the stub puts '' (the cwd) first on sys.path: keep it inert
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=lambda: _server_preexec(parent_pid, libc),
+        )
+        assert self._process.stdout is not None
+        self._tee = LogTee(
+            self._process.stdout, self._log_file, max_bytes=self.log_max_bytes, echo=self.echo_log
+        )
         self._regions = set()
         self.track_stubs()
         try:

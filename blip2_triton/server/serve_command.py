@@ -14,6 +14,8 @@ from blip2_triton.openai_api import child as openai_child
 from .access import ADMIN_KEY_ENV, RESTRICTED_APIS, default_key_file, resolve_admin_key
 from .errors import ServerProcessError
 from .liveness import ProbeSettings
+from .log_tee import DEFAULT_MAX_BYTES
+from .passthrough import check_passthrough
 from .process import TritonServer
 from .supervisor import Policy, Supervisor
 
@@ -36,7 +38,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "refused, accepted ones finish) and stop. A dead Python-backend stub's model is reloaded; a "
         "dead or stuck tritonserver (found by a real inference every --probe-interval seconds) is "
         "restarted. Exit status: 0 drained, 1 gave up, 3 drain timeout, 4 drain failed. "
-        "See docs/operations.md.",
+        "Flags after '--' go to tritonserver as they are (tracing, --log-format, ...), except those "
+        "serve manages. See docs/operations.md.",
     )
     parser.add_argument("--model-repository", required=True, type=Path, metavar="DIR")
     parser.add_argument("--grpc-port", type=int, default=8001, metavar="PORT", help="default: %(default)s")
@@ -44,6 +47,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--metrics-port", type=int, default=8002, metavar="PORT", help="default: %(default)s")
     parser.add_argument(
         "--log-file", type=Path, metavar="FILE", help="server log (default: a new file in the temp folder)"
+    )
+    parser.add_argument(
+        "--log-max-mb",
+        type=float,
+        default=DEFAULT_MAX_BYTES / 2**20,
+        metavar="MB",
+        help="rotate the log file at this size, keeping one backup (default: %(default)g)",
+    )
+    parser.add_argument(
+        "--log-stdout",
+        action="store_true",
+        help="also write tritonserver's log on stdout (containers: where kubectl/docker logs look)",
     )
     parser.add_argument(
         "--startup-timeout",
@@ -61,6 +76,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument(
         "--allow-http", action="store_true", help="also serve HTTP/REST on --http-port (default: gRPC only)"
+    )
+    parser.add_argument(
+        "--http-host",
+        metavar="ADDRESS",
+        help="address HTTP binds, when it differs from --host (the images: 127.0.0.1, for the health check)",
     )
     parser.add_argument(
         "--admin-key-file",
@@ -115,6 +135,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         metavar="N",
         help="failed probes in a row (with no other request completing) that mean stuck (default: %(default)s)",
     )
+    parser.add_argument(
+        "tritonserver_flags",
+        nargs="*",
+        metavar="-- TRITONSERVER_FLAG",
+        help="passed to tritonserver (after '--'), e.g. -- --trace-config mode=opentelemetry",
+    )
     openai_child.add_serve_flags(parser)
     parser.set_defaults(func=run, expected_errors=(ServerProcessError,))
     return parser
@@ -134,6 +160,7 @@ def policy_from_args(args: argparse.Namespace) -> Policy:
         (args.probe_interval >= 0, "--probe-interval must be 0 (off) or positive"),
         (args.probe_timeout > 0, "--probe-timeout must be positive"),
         (args.probe_failures >= 1, "--probe-failures must be 1 or more"),
+        (args.log_max_mb > 0, "--log-max-mb must be positive"),
     ]
     for ok, message in checks:
         if not ok:
@@ -155,6 +182,7 @@ def run(args: argparse.Namespace) -> int:
     if not repository.is_dir():
         raise CommandError(f"model repository not found: {repository}")
     policy = policy_from_args(args)
+    tritonserver_flags = check_passthrough(args.tritonserver_flags)
     admin_key = resolve_admin_key(args.admin_key_file or default_key_file(args.grpc_port))
     server = TritonServer(
         repository,
@@ -165,10 +193,14 @@ def run(args: argparse.Namespace) -> int:
         startup_timeout_s=args.startup_timeout,
         log_verbose=args.log_verbose,
         host=args.host,
+        http_host=args.http_host,
         allow_http=args.allow_http,
         admin_key=admin_key,
         model_control="explicit",
         exit_timeout_s=_EXIT_TIMEOUT_S,
+        log_max_bytes=int(args.log_max_mb * 2**20),
+        echo_log=sys.stdout if args.log_stdout else None,
+        extra_args=tritonserver_flags,
     )
     supervisor = Supervisor(server, policy, log=_log)
     frontend = openai_child.for_serve(args, server.grpc_port)  # None without --openai-port
@@ -179,7 +211,9 @@ def run(args: argparse.Namespace) -> int:
 
     def ready() -> None:
         print(f"gRPC     {args.host}:{server.grpc_port}")
-        print(f"HTTP     {f'{args.host}:{server.http_port}' if args.allow_http else 'off (--allow-http)'}")
+        print(
+            f"HTTP     {f'{server.http_host}:{server.http_port}' if args.allow_http else 'off (--allow-http)'}"
+        )
         print(
             f"metrics  http://{args.host}:{server.metrics_port}/metrics (internal: keep it off public networks)"
         )
