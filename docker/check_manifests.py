@@ -2,16 +2,18 @@
 """Check the deployment manifests: docker/compose.yaml and every docker/k8s/*.yaml.
 
 Every file must parse (``yaml.safe_load_all``); then the things that break a deployment silently
-are checked: the three Triton ports (HTTP 8000, gRPC 8001, metrics 8002) everywhere, health checks
-on ``/v2/health/ready`` and ``/v2/health/live``, the GPU request, the model repository volume at
-/models, Service and HPA pointing at the Deployment, Prometheus scraping of :8002/metrics, and
-kustomization resources that exist. Prints one line per problem; exit status 1 if there is any.
+are checked: the Triton ports that leave the container (gRPC 8001, metrics 8002; the images serve
+HTTP on the container's loopback only), compose ports published on a loopback address unless
+told otherwise, health checks through ``blip2-healthcheck`` (``ready`` and ``live``), the GPU
+request, the model repository volume at /models, Service and HPA pointing at the Deployment,
+Prometheus scraping of :8002/metrics, and kustomization resources that exist. Prints one line per problem; exit status 1 if there is any.
 
     python docker/check_manifests.py            # run by `make lint`
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -22,9 +24,14 @@ import yaml
 DOCKER_DIR = Path(__file__).resolve().parent
 K8S_DIR = DOCKER_DIR / "k8s"
 COMPOSE_FILE = DOCKER_DIR / "compose.yaml"
-TRITON_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
-READY_PATH = "/v2/health/ready"
-LIVE_PATH = "/v2/health/live"
+# The ports that leave the container; HTTP (8000) stays on its loopback (the health check).
+TRITON_PORTS = {"grpc": 8001, "metrics": 8002}
+HTTP_PORT = 8000
+HEALTHCHECK = "blip2-healthcheck"
+LOOPBACK = ("127.0.0.1", "::1", "[::1]")
+# A compose short port entry: [HOST:]PUBLISHED:TARGET[/PROTOCOL], parts may be ${VAR:-default}.
+_PORT_PART = r"(\$\{[^}]*\}|[^:/${}]+)"
+_PORT_ENTRY = re.compile(rf"^(?:{_PORT_PART}:)?{_PORT_PART}:(\d+)(?:/\w+)?$")
 MODELS_PATH = "/models"
 
 
@@ -69,10 +76,22 @@ def _volume_target(volume: str | dict) -> str | None:
     return parts[1] if len(parts) > 1 else parts[0]
 
 
-def _is_readiness_check(test: list[str]) -> bool:
-    """A healthcheck ``test`` that asks Triton's readiness: the URL itself, or blip2-healthcheck ready."""
-    text = " ".join(test)
-    return READY_PATH in text or (any(t.endswith("blip2-healthcheck") for t in test) and test[-1] == "ready")
+def _runs_healthcheck(command: list[str], endpoint: str) -> bool:
+    """A command that runs the images' ``blip2-healthcheck <endpoint>`` (``ready`` or ``live``)."""
+    return any(str(t).endswith(HEALTHCHECK) for t in command) and str(command[-1]) == endpoint
+
+
+def _host_address(mapping: str | int | dict) -> str | None:
+    """The host address a compose port entry binds (``${VAR:-x}`` read as x); None: every interface."""
+    if isinstance(mapping, dict):
+        host = mapping.get("host_ip")
+    else:
+        match = _PORT_ENTRY.match(str(mapping))
+        host = match.group(1) if match else None
+    if host is None:
+        return None
+    default = re.fullmatch(r"\$\{[^:}]*:?-([^}]*)\}", str(host))
+    return default.group(1) if default else str(host)
 
 
 def check_compose(doc: dict) -> list[str]:
@@ -88,9 +107,13 @@ def check_compose(doc: dict) -> list[str]:
         missing = sorted(set(TRITON_PORTS.values()) - ports)
         if missing:
             problems.append(f"compose: service {name!r} does not publish container ports {missing}")
+        if HTTP_PORT in ports:
+            problems.append(
+                f"compose: service {name!r} publishes HTTP ({HTTP_PORT}), which the images keep internal"
+            )
         test = [str(t) for t in _get(service, "healthcheck", "test", default=[]) or []]
-        if not _is_readiness_check(test):
-            problems.append(f"compose: service {name!r} has no healthcheck on {READY_PATH}")
+        if not _runs_healthcheck(test, "ready"):
+            problems.append(f"compose: service {name!r} has no healthcheck running {HEALTHCHECK} ready")
         if MODELS_PATH not in [_volume_target(v) for v in service.get("volumes", [])]:
             problems.append(f"compose: service {name!r} mounts nothing at {MODELS_PATH}")
         if not service.get("restart"):
@@ -102,6 +125,13 @@ def check_compose(doc: dict) -> list[str]:
         )
     if "cpu" not in (_get(services, "blip2-cpu", "profiles", default=[]) or []):
         problems.append("compose: service 'blip2-cpu' is not in profile 'cpu'")
+    for name, service in services.items():
+        for entry in (service or {}).get("ports", []) if isinstance(service, dict) else []:
+            if _host_address(entry) not in LOOPBACK:
+                problems.append(
+                    f"compose: service {name!r} publishes {entry!r} beyond loopback by default "
+                    "(use ${BIND_ADDRESS:-127.0.0.1}:...)"
+                )
     perf = services.get("perf")
     if not isinstance(perf, dict) or "perf" not in perf.get("profiles", []):
         problems.append("compose: service 'perf' (profile 'perf') is missing")
@@ -114,8 +144,8 @@ def check_compose(doc: dict) -> list[str]:
 # Kubernetes
 
 
-def _probe_path(container: dict, probe: str) -> str | None:
-    return _get(container, probe, "httpGet", "path")
+def _probe_runs(container: dict, probe: str, endpoint: str) -> bool:
+    return _runs_healthcheck(_get(container, probe, "exec", "command", default=[]) or [], endpoint)
 
 
 def _containers(doc: dict) -> list[dict]:
@@ -142,14 +172,15 @@ def check_deployment(doc: dict, pvc_names: set[str]) -> list[str]:
             problems.append(
                 f"{where}: container port {port_name!r} should be {number} (is {ports.get(port_name)})"
             )
-    if _probe_path(server, "readinessProbe") != READY_PATH:
-        problems.append(f"{where}: readinessProbe must GET {READY_PATH}")
-    if _probe_path(server, "livenessProbe") != LIVE_PATH:
-        problems.append(f"{where}: livenessProbe must GET {LIVE_PATH}")
-    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
-        port = _get(server, probe, "httpGet", "port")
-        if port is not None and port not in ("http", TRITON_PORTS["http"]):
-            problems.append(f"{where}: {probe} must use the HTTP port (8000), not {port!r}")
+    for probe, endpoint in (
+        ("startupProbe", "ready"),
+        ("readinessProbe", "ready"),
+        ("livenessProbe", "live"),
+    ):
+        if not _probe_runs(server, probe, endpoint):
+            problems.append(
+                f"{where}: {probe} must exec {HEALTHCHECK} {endpoint} (the images serve HTTP on loopback only)"
+            )
     if str(_get(server, "resources", "limits", "nvidia.com/gpu")) != "1":
         problems.append(f"{where}: resources.limits must ask for nvidia.com/gpu: 1")
     if not _get(server, "resources", "requests"):
@@ -180,6 +211,8 @@ def check_service(doc: dict, deployments: list[dict]) -> list[str]:
     if spec.get("type", "ClusterIP") != "ClusterIP":
         problems.append(f"{where}: type should be ClusterIP (is {spec.get('type')})")
     ports = {p.get("name"): p for p in spec.get("ports", [])}
+    if any(p.get("port") == HTTP_PORT or p.get("targetPort") in ("http", HTTP_PORT) for p in ports.values()):
+        problems.append(f"{where}: exposes HTTP ({HTTP_PORT}), which the images serve on loopback only")
     for port_name, number in TRITON_PORTS.items():
         port = ports.get(port_name)
         if port is None or port.get("port") != number:

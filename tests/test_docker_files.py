@@ -28,6 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
 DOCKERFILES = [DOCKER / "Dockerfile", DOCKER / "Dockerfile.cpu"]
 PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
+# What leaves the container: the images serve HTTP on its loopback only (the health check).
+PUBLISHED = {"grpc": 8001, "metrics": 8002}
 
 
 def _load(name: str):
@@ -93,6 +95,11 @@ def test_dockerfile_serves_the_three_ports_with_a_readiness_healthcheck(dockerfi
     assert "/models" in entrypoint
     for port in PORTS.values():
         assert str(port) in entrypoint
+    # gRPC and metrics for the network, HTTP on the container's loopback, the log on stdout, capped.
+    words = [w.strip('",[] \\') for w in entrypoint.replace("=", " ").split()]
+    assert words[words.index("--host") + 1] == "0.0.0.0"
+    assert words[words.index("--http-host") + 1] == "127.0.0.1"
+    assert "--log-stdout" in words and "--log-max-mb" in words
 
 
 def test_gpu_dockerfile_stages_and_server_flags() -> None:
@@ -105,7 +112,13 @@ def test_gpu_dockerfile_stages_and_server_flags() -> None:
     assert args["DTYPE"] == "fp16" and args["VISION_BACKEND"] == "onnxruntime" and args["DEVICE"] == "cuda"
     assert "MODEL" in args
     entrypoint = " ".join(v for k, v in instructions if k == "ENTRYPOINT")
-    for flag in ('"serve"', "--model-repository=/models", "--host=0.0.0.0", "--allow-http"):
+    for flag in (
+        '"serve"',
+        "--model-repository=/models",
+        "--host=0.0.0.0",
+        "--allow-http",
+        "--http-host=127.0.0.1",
+    ):
         assert flag in entrypoint
     run_export = [v for k, v in instructions if k == "RUN" and "blip2-triton export" in v]
     assert len(run_export) == 1
@@ -186,9 +199,11 @@ def test_k8s_deployment_ports_probes_gpu_and_volume() -> None:
     (deployment,) = _k8s_documents()["Deployment"]
     pod = deployment["spec"]["template"]
     (container,) = pod["spec"]["containers"]
-    assert {p["name"]: p["containerPort"] for p in container["ports"]} == PORTS
-    assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
-    assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == PUBLISHED
+    healthcheck = ["python3", "/usr/local/bin/blip2-healthcheck"]
+    assert container["startupProbe"]["exec"]["command"] == [*healthcheck, "ready"]
+    assert container["readinessProbe"]["exec"]["command"] == [*healthcheck, "ready"]
+    assert container["livenessProbe"]["exec"]["command"] == [*healthcheck, "live"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
@@ -202,7 +217,7 @@ def test_k8s_service_and_hpa() -> None:
     docs = _k8s_documents()
     (service,) = docs["Service"]
     assert service["spec"]["type"] == "ClusterIP"
-    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == PORTS
+    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == PUBLISHED
     (hpa,) = docs["HorizontalPodAutoscaler"]
     assert hpa["spec"]["scaleTargetRef"]["name"] == docs["Deployment"][0]["metadata"]["name"]
 
@@ -212,18 +227,34 @@ def test_compose_services() -> None:
     services = compose["services"]
     for name in ("blip2", "blip2-cpu"):
         container_ports = {int(str(p).rsplit(":", 1)[-1]) for p in services[name]["ports"]}
-        assert container_ports == set(PORTS.values())
+        assert container_ports == set(PUBLISHED.values())
+        assert all(str(p).startswith("${BIND_ADDRESS:-127.0.0.1}:") for p in services[name]["ports"])
         assert services[name]["healthcheck"]["test"][-2:] == ["/usr/local/bin/blip2-healthcheck", "ready"]
     (device,) = services["blip2"]["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
     assert services["blip2-cpu"]["profiles"] == ["cpu"] and services["perf"]["profiles"] == ["perf"]
+    assert services["prometheus"]["profiles"] == services["grafana"]["profiles"] == ["monitoring"]
+    mounted = {v["source"] for v in services["grafana"]["volumes"]} | {
+        v["source"] for v in services["prometheus"]["volumes"]
+    }
+    assert all((DOCKER / source).exists() for source in mounted)
+
+
+def test_check_manifests_reports_a_port_open_to_every_interface() -> None:
+    checker = _load("check_manifests")
+    compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    compose["services"]["grafana"]["ports"] = ["3000:3000"]
+    compose["services"]["blip2"]["ports"].append("${BIND_ADDRESS:-127.0.0.1}:8000:8000")
+    problems = checker.check_compose(compose)
+    assert any("'grafana' publishes '3000:3000' beyond loopback" in p for p in problems)
+    assert any("'blip2' publishes HTTP (8000)" in p for p in problems)
 
 
 def test_check_manifests_reports_a_broken_deployment() -> None:
     checker = _load("check_manifests")
     (deployment,) = _k8s_documents()["Deployment"]
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    container["readinessProbe"]["httpGet"]["path"] = "/healthz"
+    container["readinessProbe"] = {"httpGet": {"path": "/v2/health/ready", "port": 8000}}
     container["ports"] = [p for p in container["ports"] if p["name"] != "metrics"]
     del container["resources"]["limits"]["nvidia.com/gpu"]
     problems = checker.check_deployment(deployment, {"blip2-model-repository"})
