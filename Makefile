@@ -28,8 +28,9 @@ demo: setup ## end to end: build (or take MODEL=<hub id|folder>), export, serve,
 test: setup ## run the test suite against a real tritonserver
 	@$(BIN)/python -P -m pytest -q
 
-lint: setup ## ruff check + format check, hadolint on the Dockerfiles, deployment manifests check
+lint: setup ## ruff check + format check, mypy on the package, hadolint on the Dockerfiles, deployment manifests check
 	@$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	@$(BIN)/python scripts/typecheck.py
 	@$(BIN)/hadolint docker/Dockerfile docker/Dockerfile.cpu && echo "hadolint: docker/Dockerfile docker/Dockerfile.cpu: ok"
 	@$(BIN)/python docker/check_manifests.py
 

@@ -97,7 +97,9 @@ _TIMEOUT_ERRORS: tuple[type[BaseException], ...] = (
 _TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (OSError, *_TIMEOUT_ERRORS)
 
 
-def _status_class(status: str) -> type[Blip2ClientError]:
+def _status_class(status: str | None) -> type[Blip2ClientError]:
+    if status is None:
+        return ServerError
     if status in _HTTP_CODES:
         return _HTTP_CODES[status]
     return _GRPC_CODES.get(status, ServerError)

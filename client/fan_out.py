@@ -129,7 +129,8 @@ async def fan_out_async(
                         call = make_call(item)
                         if inspect.isawaitable(call):
                             call = await call
-                    slots.fill(index, await transport.infer(call, index))
+                    answer: T = await transport.infer(call, index)
+                    slots.fill(index, answer)
                 except _REFUSED as exc:
                     slots.refuse(index, exc)
 

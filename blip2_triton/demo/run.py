@@ -29,7 +29,7 @@ def run_demo(model: str | None, work_dir: Path, dtype: str = "fp32", device: str
     started = time.monotonic()
     work_dir = work_dir.resolve()
     scenes = model is None
-    if scenes:
+    if model is None:
         from blip2_triton.scenes.demo import demo_model
 
         model = str(demo_model())

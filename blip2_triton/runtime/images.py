@@ -43,7 +43,10 @@ def image_format(data: bytes) -> str:
     if image is None:
         raise RequestValidationError("image bytes are not a recognised image format")
     with image:
-        return _FORMAT_ALIASES.get(image.format, image.format)
+        name = image.format
+    if name is None:  # every plugin that opens an image names its format
+        raise RequestValidationError("image bytes are not a recognised image format")
+    return _FORMAT_ALIASES.get(name, name)
 
 
 def decode_image(data: bytes) -> Image.Image:

@@ -56,11 +56,11 @@ def _valid_region(name: str) -> bool:
 
 def cleanup(pgids: list[int], regions: list[str], wait_s: float = 5.0) -> tuple[int, int]:
     """Kill our processes in ``pgids``, unlink ``regions`` (and those of the stubs found); counts."""
-    regions = {r for r in regions if _valid_region(r)}
+    ours = {r for r in regions if _valid_region(r)}
     killed = []
     for pgid in pgids:
         for pid, argv in _members(pgid):
-            regions.update(a for a in argv[2:3] if _valid_region(a))
+            ours.update(a for a in argv[2:3] if _valid_region(a))
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
@@ -68,7 +68,7 @@ def cleanup(pgids: list[int], regions: list[str], wait_s: float = 5.0) -> tuple[
     while time.monotonic() < deadline and any(_members(pgid) for pgid in pgids):
         time.sleep(0.02)
     removed = 0
-    for region in sorted(regions):
+    for region in sorted(ours):
         with contextlib.suppress(OSError):
             (_SHM / region).unlink()
             removed += 1

@@ -12,7 +12,7 @@ import logging
 import logging.handlers
 import threading
 from pathlib import Path
-from typing import BinaryIO, TextIO
+from typing import IO, TextIO
 
 DEFAULT_MAX_BYTES = 100 * 2**20
 
@@ -38,7 +38,7 @@ class LogTee:
     """Copies ``source`` (the server's stdout) to ``path`` (capped at ``max_bytes``) and to ``echo``."""
 
     def __init__(
-        self, source: BinaryIO, path: Path, *, max_bytes: int = DEFAULT_MAX_BYTES, echo: TextIO | None = None
+        self, source: IO[bytes], path: Path, *, max_bytes: int = DEFAULT_MAX_BYTES, echo: TextIO | None = None
     ):
         if max_bytes <= 0:
             raise ValueError("max_bytes must be positive")
@@ -46,7 +46,7 @@ class LogTee:
         self._source = source
         self._echo = echo
         self._file = _Rotating(path, max_bytes)
-        self.start_offset = self._file.stream.tell()  # where this run's lines begin in the file
+        self.start_offset = path.stat().st_size  # where this run's lines begin (the file is open to append)
         self._thread = threading.Thread(target=self._copy, name="tritonserver-log", daemon=True)
         self._thread.start()
 

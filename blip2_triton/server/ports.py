@@ -83,7 +83,7 @@ def _command(pid: int) -> str:
 def port_holders(port: int) -> list[PortHolder]:
     """The processes listening on ``port`` that this user may inspect (sorted by PID)."""
     targets = {f"socket:[{inode}]" for inode in _listening_inodes(port)}
-    holders = []
+    holders: list[PortHolder] = []
     if not targets:
         return holders
     for entry in _PROC.iterdir():

@@ -132,7 +132,7 @@ def group_stubs(pgid: int) -> list[StubProcess]:
 
 def server_regions(server_pid: int) -> set[str]:
     """The Python-backend regions ``server_pid`` holds open (it creates one per stub, before the stub)."""
-    regions = set()
+    regions: set[str] = set()
     try:
         fds = list((_PROC / str(server_pid) / "fd").iterdir())
     except OSError:

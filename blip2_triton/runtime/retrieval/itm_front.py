@@ -40,10 +40,7 @@ class ItmFront:
 
     async def scores(self, inputs: Mapping[str, np.ndarray | None]) -> dict[str, np.ndarray]:
         """``itm_score`` and ``itc_score`` of each row (image, text) of one request."""
-        image, text = inputs.get(C.IMAGE.name), inputs.get(C.RETRIEVAL_TEXT.name)
-        for name, array in ((C.IMAGE.name, image), (C.RETRIEVAL_TEXT.name, text)):
-            if array is None:
-                raise RequestValidationError(f"input '{name}' is required")
+        image, text = _required(inputs, C.IMAGE.name), _required(inputs, C.RETRIEVAL_TEXT.name)
         for item in text.reshape(-1):
             self.tokenizer.ids(text_from_input(item))
         pixel_values = await asyncio.to_thread(self._pixels, image)
@@ -63,3 +60,10 @@ class ItmFront:
 
     def _pixels(self, images: np.ndarray) -> np.ndarray:
         return np.stack([self.preprocessor(image_from_input(item)) for item in images.reshape(-1)])
+
+
+def _required(inputs: Mapping[str, np.ndarray | None], name: str) -> np.ndarray:
+    array = inputs.get(name)
+    if array is None:
+        raise RequestValidationError(f"input '{name}' is required")
+    return array

@@ -117,7 +117,12 @@ class EngineMetrics:
         self.failed = f["failed"].Metric(labels=labels)
         self.latency = f["latency"].Metric(labels=labels, buckets=LATENCY_BUCKETS)
         self.started = f["started"].Metric(labels=labels)
-        self._capacity = (engine.limits.max_active, engine.limits.max_queued, time.time())
+        # published once, by the first poll: (slots, queue bound, start time)
+        self._capacity: tuple[int, int, float] | None = (
+            engine.limits.max_active,
+            engine.limits.max_queued,
+            time.time(),
+        )
         self._seen = dict.fromkeys(
             (
                 "generated_tokens",
