@@ -10,6 +10,9 @@ HTTP_PORT ?= 8000
 METRICS_PORT ?= 8002
 DTYPE ?= fp32
 
+# Manifests of core kinds (kubernetes-validate has their schemas; the others are CRDs or kustomize's).
+K8S_CORE := $(filter-out %/kustomization.yaml %/podmonitor.yaml %/prometheusrule.yaml,$(wildcard docker/k8s/*.yaml))
+
 .DEFAULT_GOAL := help
 .PHONY: help setup lock demo test lint export serve bench perf clean train-scenes eval-scenes
 
@@ -28,11 +31,13 @@ demo: setup ## end to end: build (or take MODEL=<hub id|folder>), export, serve,
 test: setup ## run the test suite against a real tritonserver
 	@$(BIN)/python -P -m pytest -q
 
-lint: setup ## ruff check + format check, mypy on the package, hadolint on the Dockerfiles, deployment manifests check
+lint: setup ## ruff check + format check, mypy on the package, hadolint on the Dockerfiles, manifests: own checks, Kubernetes and compose schemas
 	@$(BIN)/ruff check . && $(BIN)/ruff format --check .
 	@$(BIN)/python scripts/typecheck.py
 	@$(BIN)/hadolint docker/Dockerfile docker/Dockerfile.cpu && echo "hadolint: docker/Dockerfile docker/Dockerfile.cpu: ok"
 	@$(BIN)/python docker/check_manifests.py
+	@for k in 1.29 1.37; do $(BIN)/kubernetes-validate --strict --quiet -k $$k $(K8S_CORE) || exit 1; done && echo "kubernetes-validate: $(words $(K8S_CORE)) files of docker/k8s, Kubernetes 1.29 and 1.37 schemas: ok"
+	@$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker/compose.yaml
 
 export: setup ## export MODEL=<hub id|folder> to REPO (default .work/model_repository)
 	@test -n "$(MODEL)" || { echo "make export: pass MODEL=<hub id or local folder>" >&2; exit 2; }
