@@ -17,6 +17,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--model", required=True, help="hub id (e.g. Salesforce/blip2-opt-2.7b) or local folder"
     )
+    parser.add_argument(
+        "--revision",
+        help="hub ids: the branch, tag or commit to export (default: the default branch); "
+        "manifest.json records the commit it resolved to",
+    )
     parser.add_argument("--output", required=True, help="new folder for the model repository")
     for option in flag_fields():
         spec = option.metadata["flag"]
@@ -36,5 +41,5 @@ def run(args: argparse.Namespace) -> int:
     from .repository import export_repository  # torch and transformers load only when exporting
 
     options = ExportOptions(**{option.name: getattr(args, option.name) for option in flag_fields()})
-    export_repository(args.model, args.output, options, quiet=args.quiet)
+    export_repository(args.model, args.output, options, quiet=args.quiet, revision=args.revision)
     return 0

@@ -7,6 +7,7 @@ from typing import Any
 
 from .checkpoint import Checkpoint, load_pretrained
 from .errors import ExportError
+from .hub import CheckpointSource
 
 T5_FP16_REFUSAL = (
     "--dtype fp16 is refused for Flan-T5 checkpoints: T5 overflows in fp16 (garbage or identical "
@@ -47,15 +48,17 @@ def refuse_fp16_for_t5(config: Any) -> None:
         raise ExportError(T5_FP16_REFUSAL)
 
 
-def load_generation_checkpoint(source: str, config: Any, dtype: str = "fp32") -> GenerationCheckpoint:
+def load_generation_checkpoint(
+    source: CheckpointSource, config: Any, dtype: str = "fp32"
+) -> GenerationCheckpoint:
     """Load a ``Blip2ForConditionalGeneration`` checkpoint whose config is ``config``, and its processor."""
     import torch
     from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
     if getattr(config, "model_type", None) != "blip-2":
-        raise ExportError(f"{source} is not a BLIP-2 checkpoint (model_type {config.model_type!r})")
+        raise ExportError(f"{source.name} is not a BLIP-2 checkpoint (model_type {config.model_type!r})")
     family = language_model_family(config)
     torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
     model = load_pretrained(Blip2ForConditionalGeneration, source, dtype=torch_dtype).eval()
     processor = load_pretrained(Blip2Processor, source)
-    return GenerationCheckpoint(source=source, model=model, processor=processor, family=family)
+    return GenerationCheckpoint(source=source.name, model=model, processor=processor, family=family)

@@ -9,6 +9,7 @@ from blip2_triton.runtime.llm.checkpoint import LlmSettings, context_length
 
 from .configs import tensor_block
 from .generation_checkpoint import GenerationCheckpoint, load_generation_checkpoint, refuse_fp16_for_t5
+from .hub import CheckpointSource
 from .model_folders import ModelFolders
 from .onnx_export import OPSET
 from .onnx_vision import export_vision_onnx, verify_vision_onnx
@@ -37,9 +38,9 @@ class GenerationRepository(RepositoryWriter[GenerationCheckpoint]):
         super().check(config, options)
 
     def load(
-        self, source: str, config: Any, options: ExportOptions, progress: Progress
+        self, source: CheckpointSource, config: Any, options: ExportOptions, progress: Progress
     ) -> GenerationCheckpoint:
-        progress.step(f"loading checkpoint {source} ({options.dtype})")
+        progress.step(f"loading checkpoint {source.name} ({options.dtype})")
         return load_generation_checkpoint(source, config, options.dtype)
 
     def template_values(self, checkpoint: GenerationCheckpoint, options: ExportOptions) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from .checkpoint import load_config
 from .configs import validate_repository
 from .errors import ExportError
 from .generation_repository import GenerationRepository
+from .hub import resolve_source
 from .manifest import write_manifest
 from .model_folders import ModelFolders
 from .onnx_export import OPSET
@@ -33,20 +34,29 @@ WRITERS: tuple[RepositoryWriter[Any], ...] = (RetrievalRepository(), GenerationR
 
 
 def export_repository(
-    source: str, output: str | Path, options: ExportOptions | None = None, quiet: bool = False
+    source: str,
+    output: str | Path,
+    options: ExportOptions | None = None,
+    quiet: bool = False,
+    revision: str | None = None,
 ) -> dict[str, Any]:
     """Export the checkpoint ``source`` into a new model repository at ``output``; returns the manifest.
+
+    ``source`` is a folder or a hub id; a hub id is resolved once to a commit (of ``revision``: a
+    branch, tag or commit, the default branch when None) that every file is loaded from and the
+    manifest records as ``hub_commit``.
 
     The repository is written to a temporary folder beside ``output`` and moved into place only
     once every config validates, so a failed export leaves nothing half-written.
     """
     options = options or ExportOptions()
-    config = load_config(source)
+    checkpoint_source = resolve_source(source, revision)
+    config = load_config(checkpoint_source)
     writer = next(w for w in WRITERS if w.accepts(config))
     writer.check(config, options)
     output = _new_output(output)
     progress = Progress(writer.steps + 2, quiet)
-    checkpoint = writer.load(source, config, options, progress)
+    checkpoint = writer.load(checkpoint_source, config, options, progress)
     values = writer.template_values(checkpoint, options)
     with _staging(output) as staging:
         details = writer.write(checkpoint, ModelFolders(staging, values), options, progress)
@@ -59,6 +69,7 @@ def export_repository(
             staging,
             {
                 "source": source,
+                **checkpoint_source.identity(),
                 "architecture": writer.architecture,
                 **checkpoint.identity(),
                 "dtype": options.dtype,

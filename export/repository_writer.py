@@ -6,6 +6,7 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Generic, TypeVar
 
 from .checkpoint import Checkpoint
+from .hub import CheckpointSource
 from .model_folders import ModelFolders
 from .options import ExportOptions
 from .progress import Progress
@@ -34,7 +35,9 @@ class RepositoryWriter(ABC, Generic[CheckpointT]):
         options.check()
 
     @abstractmethod
-    def load(self, source: str, config: Any, options: ExportOptions, progress: Progress) -> CheckpointT:
+    def load(
+        self, source: CheckpointSource, config: Any, options: ExportOptions, progress: Progress
+    ) -> CheckpointT:
         """Load the checkpoint (one progress step)."""
 
     def template_values(self, checkpoint: CheckpointT, options: ExportOptions) -> dict[str, Any]:

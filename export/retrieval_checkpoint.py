@@ -9,6 +9,7 @@ from blip2_triton.runtime.retrieval.text_matching import RetrievalSettings
 
 from .checkpoint import Checkpoint, load_pretrained
 from .errors import ExportError
+from .hub import CheckpointSource
 
 RETRIEVAL_ARCHITECTURE = "Blip2ForImageTextRetrieval"
 
@@ -87,12 +88,12 @@ def is_retrieval_config(config: Any) -> bool:
     return RETRIEVAL_ARCHITECTURE in (getattr(config, "architectures", None) or [])
 
 
-def load_retrieval_checkpoint(source: str) -> RetrievalCheckpoint:
+def load_retrieval_checkpoint(source: CheckpointSource) -> RetrievalCheckpoint:
     """Load a ``Blip2ForImageTextRetrieval`` checkpoint (fp32) and its processor."""
     from transformers import Blip2ForImageTextRetrieval, Blip2Processor
 
     model = load_pretrained(Blip2ForImageTextRetrieval, source).eval()
     processor = load_pretrained(Blip2Processor, source)
     if not getattr(model.config.qformer_config, "use_qformer_text_input", False):
-        raise ExportError(f"{source}: the Q-Former has no text branch (use_qformer_text_input is false)")
-    return RetrievalCheckpoint(source=source, model=model, processor=processor)
+        raise ExportError(f"{source.name}: the Q-Former has no text branch (use_qformer_text_input is false)")
+    return RetrievalCheckpoint(source=source.name, model=model, processor=processor)

@@ -20,6 +20,7 @@ from blip2_triton.runtime import contract as C
 from blip2_triton.runtime.retrieval.text_matching import RetrievalSettings
 
 from .errors import ExportError
+from .hub import CheckpointSource
 from .model_folders import ModelFolders
 from .onnx_export import OPSET
 from .onnx_retrieval import export_retrieval_onnx, verify_retrieval_onnx
@@ -63,9 +64,9 @@ class RetrievalRepository(RepositoryWriter[RetrievalCheckpoint]):
             )
 
     def load(
-        self, source: str, config: Any, options: ExportOptions, progress: Progress
+        self, source: CheckpointSource, config: Any, options: ExportOptions, progress: Progress
     ) -> RetrievalCheckpoint:
-        progress.step(f"loading retrieval checkpoint {source} (fp32)")
+        progress.step(f"loading retrieval checkpoint {source.name} (fp32)")
         return load_retrieval_checkpoint(source)
 
     def template_values(self, checkpoint: RetrievalCheckpoint, options: ExportOptions) -> dict[str, Any]:
