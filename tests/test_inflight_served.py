@@ -11,7 +11,6 @@ from __future__ import annotations
 import queue
 import threading
 import time
-import urllib.request
 
 import numpy as np
 import pytest
@@ -21,7 +20,7 @@ from blip2_triton.runtime.contract import PUBLIC_MODEL, STREAM_MODEL
 
 from .conftest import start_server
 from .reference import GenerationReference
-from .triton_requests import build_inputs, infer_concurrently
+from .triton_requests import build_inputs, infer_concurrently, scrape_metrics
 
 pytestmark = pytest.mark.server
 
@@ -203,6 +202,14 @@ def test_a_full_queue_refuses_at_once(two_slots, sample_images):
     admitted = ", ".join(f"{results['r' + str(i)][0]:.2f}" for i in range(4))
     print(f"\noverload: refused in {refused_s:.3f}s; the admitted ones took {admitted}s")
     assert refused_s < min(results[f"r{i}"][0] for i in range(4)) / 4
+    key = 'blip2_requests_rejected_total{model="blip2_stream",reason="queue_full"}'
+    deadline = time.monotonic() + 5  # the engine publishes its metrics four times a second
+    while True:
+        refusals = scrape_metrics(server.metrics_url).get(key, 0)
+        if refusals >= 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
+    assert refusals >= 1, "the refusal is not counted by reason"
 
 
 def test_five_questions_about_one_image_encode_it_once(opt_server):
@@ -228,8 +235,7 @@ def test_questions_about_one_image_reuse_its_prefill(opt_server):
 
     def counters() -> dict[str, float]:
         time.sleep(0.6)  # the engine publishes every 0.25 s
-        with urllib.request.urlopen(opt_server.server.metrics_url, timeout=5) as response:
-            values = _metric_values(response.read().decode())
+        values = scrape_metrics(opt_server.server.metrics_url)
         return {name: values.get(f'{name}{{model="blip2_stream"}}', 0.0) for name in names}
 
     before = counters()
@@ -256,9 +262,7 @@ def test_metrics_are_published(opt_server, sample_images):
     infer_concurrently(opt_server.grpc_url, [{"image": sample_images[0].read_bytes(), "max_tokens": 5}])
     deadline = time.monotonic() + 10
     while True:
-        with urllib.request.urlopen(opt_server.server.metrics_url, timeout=5) as response:
-            text = response.read().decode()
-        values = _metric_values(text)
+        values = scrape_metrics(opt_server.server.metrics_url)
         if (
             values.get('blip2_generated_tokens_total{model="blip2_stream"}', 0) > 0
             or time.monotonic() > deadline
@@ -284,15 +288,6 @@ def _png_never_sent_before() -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def _metric_values(text: str) -> dict[str, float]:
-    values = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.rpartition(" ")
-            values[key] = float(value)
-    return values
 
 
 def test_parity_under_staggered_load(opt_server, sample_images):

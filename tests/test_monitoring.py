@@ -11,13 +11,12 @@ from __future__ import annotations
 import json
 import re
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
-from .triton_requests import infer_concurrently
+from .triton_requests import infer_concurrently, scrape_metrics
 
 pytestmark = pytest.mark.server
 
@@ -53,18 +52,6 @@ def adapter_rules() -> list[dict]:
     return yaml.safe_load(ADAPTER.read_text())["rules"]["custom"]
 
 
-def scrape(url: str) -> dict[str, float]:
-    """Every sample of a Prometheus text page, ``name{labels}`` -> value."""
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    samples = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.rpartition(" ")
-            samples[key] = float(value)
-    return samples
-
-
 def _sample_names(samples: dict[str, float]) -> set[str]:
     return {key.split("{", 1)[0] for key in samples}
 
@@ -78,7 +65,7 @@ def _wait_for(url: str, condition, timeout_s: float = 10.0) -> dict[str, float]:
     """Scrape until ``condition(samples)`` holds (the engine publishes four times a second)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        samples = scrape(url)
+        samples = scrape_metrics(url)
         if condition(samples) or time.monotonic() > deadline:
             return samples
         time.sleep(0.25)
@@ -124,7 +111,7 @@ def test_monitoring_names_only_metrics_the_server_publishes(opt_server, sample_i
 def test_new_engine_metrics_count(opt_server, sample_images):
     """Slots and queue bound as exported, prompt tokens and latency per request, refusals by reason."""
     url = opt_server.server.metrics_url
-    before = scrape(url)
+    before = scrape_metrics(url)
     config = (opt_server.repository / "blip2_stream" / "config.pbtxt").read_text()
     slots = int(re.search(r'key: "max_active_sequences" value \{ string_value: "(\d+)"', config).group(1))
     assert _value(before, "blip2_slot_capacity") == slots

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import time
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -114,3 +115,15 @@ def settled_engine_counters(metrics_url: str) -> tuple[float, float]:
         if current == previous:
             return current
         previous = current
+
+
+def scrape_metrics(url: str) -> dict[str, float]:
+    """Every sample of a Prometheus text page (Triton's metrics port), ``name{labels}`` -> value."""
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            samples[key] = float(value)
+    return samples
