@@ -8,7 +8,9 @@ extensions ``min_tokens``, ``beam_width``, ``top_k``, ``repetition_penalty``, ``
 
 ``usage``: ``prompt_tokens`` = the image's query tokens (``prompt_tokens_details.image_tokens``) +
 the prompt's tokens as the server tokenises it; ``completion_tokens`` = the answer re-tokenised
-(the end-of-sequence token not counted). ``finish_reason``: ``stop`` (the model ended, or a stop
+(the end-of-sequence token not counted; at most ``max_tokens``): exact for answers that tokenise back
+to the tokens generated, as a trained checkpoint's do, an estimate otherwise (the server sends text,
+not token counts). ``finish_reason``: ``stop`` (the model ended, or a stop
 string came), ``length`` when the answer has ``max_tokens`` tokens.
 """
 
@@ -147,7 +149,7 @@ class ChatCompletions:
         choices, completion_tokens = [], 0
         for index, text in enumerate(texts):
             text, stopped = cut(text, job.stops)
-            tokens = self.model.count_text(text)
+            tokens = self._count(job, text)
             completion_tokens += tokens
             message = {"role": "assistant", "content": text}
             choices.append(
@@ -214,7 +216,7 @@ class ChatCompletions:
         if tail:
             answer.append(tail)
             yield chunk({"content": tail})
-        tokens = self.model.count_text("".join(answer))
+        tokens = self._count(job, "".join(answer))
         yield chunk({}, self._finish(job, tokens, scanner.stopped))
         if job.include_usage:
             yield sse({**envelope, "choices": [], "usage": self._usage(job, tokens)})
@@ -228,6 +230,11 @@ class ChatCompletions:
             "created": int(time.time()),
             "model": self.model.id,
         }
+
+    def _count(self, job: ChatJob, text: str) -> int:
+        """The answer's tokens, re-tokenised; never above ``max_tokens`` (a random model's pieces
+        may tokenise back into more tokens than it generated)."""
+        return min(self.model.count_text(text), job.max_tokens)
 
     @staticmethod
     def _finish(job: ChatJob, tokens: int, stopped: bool) -> str:

@@ -54,11 +54,12 @@ def conversation(messages: list[Message], family: str) -> Conversation:
     images: list[str] = []
     for index, message in enumerate(messages):
         expected = "user" if index % 2 == 0 else "assistant"
+        article = "a" if expected == "user" else "an"
         if message.role in ("system", "developer"):
             raise bad_request(f"messages[{index}]: BLIP-2 takes no {message.role} message", _PARAM)
         if message.role != expected:
             raise bad_request(
-                f"messages[{index}]: expected a {expected} message (turns alternate user, assistant, "
+                f"messages[{index}]: expected {article} {expected} message (turns alternate user, assistant, "
                 f"..., user), got {message.role!r}",
                 _PARAM,
             )
