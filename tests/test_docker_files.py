@@ -234,6 +234,11 @@ def test_compose_services() -> None:
     assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
     assert services["blip2-cpu"]["profiles"] == ["cpu"] and services["perf"]["profiles"] == ["perf"]
     assert services["prometheus"]["profiles"] == services["grafana"]["profiles"] == ["monitoring"]
+    # CPU-only nodes on a patched Triton: the NGC image with PyTorch's CPU build, no GPU reserved.
+    ngc_cpu = services["blip2-ngc-cpu"]
+    assert ngc_cpu["build"]["dockerfile"] == "docker/Dockerfile" and "deploy" not in ngc_cpu
+    assert ngc_cpu["build"]["args"]["TORCH_VERSION"] == _lock()["torch"]  # 2.13.0+cpu
+    assert ngc_cpu["build"]["args"]["TORCH_INDEX_URL"].endswith("/whl/cpu")
     mounted = {v["source"] for v in services["grafana"]["volumes"]} | {
         v["source"] for v in services["prometheus"]["volumes"]
     }
