@@ -25,7 +25,7 @@ DOCKER_DIR = Path(__file__).resolve().parent
 K8S_DIR = DOCKER_DIR / "k8s"
 COMPOSE_FILE = DOCKER_DIR / "compose.yaml"
 # The ports that leave the container; HTTP (8000) stays on its loopback (the health check).
-TRITON_PORTS = {"grpc": 8001, "metrics": 8002}
+TRITON_PORTS = {"grpc": 8001, "metrics": 8002, "openai": 9000}  # openai: serve --openai-port
 HTTP_PORT = 8000
 HEALTHCHECK = "blip2-healthcheck"
 LOOPBACK = ("127.0.0.1", "::1", "[::1]")

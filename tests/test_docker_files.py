@@ -27,9 +27,9 @@ from blip2_triton.fixtures import samples_dir
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
 DOCKERFILES = [DOCKER / "Dockerfile", DOCKER / "Dockerfile.cpu"]
-PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
+PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002, "openai": 9000}
 # What leaves the container: the images serve HTTP on its loopback only (the health check).
-PUBLISHED = {"grpc": 8001, "metrics": 8002}
+PUBLISHED = {"grpc": 8001, "metrics": 8002, "openai": 9000}  # openai: serve --openai-port
 
 
 def _load(name: str):
