@@ -14,7 +14,7 @@ DTYPE ?= fp32
 K8S_CORE := $(filter-out %/kustomization.yaml %/podmonitor.yaml %/prometheusrule.yaml,$(wildcard docker/k8s/*.yaml))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup lock demo test lint export serve bench perf clean train-scenes eval-scenes
+.PHONY: help setup lock demo test lint export serve bench bench-traffic perf clean train-scenes eval-scenes
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-8s %s\n", $$1, $$2}'
@@ -48,6 +48,9 @@ serve: setup ## serve REPO (default .work/model_repository) in the foreground
 
 bench: setup ## transformers in process vs the served pipeline, one table (also .work/bench/bench.md); BENCH_ARGS="--quick"
 	@$(BIN)/python benchmarks/bench_serving.py $(BENCH_ARGS)
+
+bench-traffic: setup ## open-loop Poisson traffic, served vs a first-cut in-process server (.work/bench/traffic.md, .png); TRAFFIC_ARGS="--quick"
+	@$(BIN)/python benchmarks/bench_traffic.py $(TRAFFIC_ARGS)
 
 perf: setup ## perf_analyzer load test of PERF_REPO=<export> (default: a tiny model); flags: PERF_ARGS="..."
 	@$(BIN)/python benchmarks/perf_ensemble.py $(if $(PERF_REPO),--repository "$(PERF_REPO)") $(PERF_ARGS)

@@ -110,3 +110,48 @@ def test_chat_bench_small_on_cpu() -> None:
     assert len(turns) == 6
     for turn in turns[1:]:  # from the second turn on, the conversation so far comes from the cache
         assert int(turn["computed (on)"]) < int(turn["computed (off)"]) == int(turn["prompt positions"])
+
+
+@pytest.mark.server
+def test_bench_traffic_quick_reports_every_rate_and_kind(tmp_path: Path) -> None:
+    output = tmp_path / "traffic.md"
+    result = _run("bench_traffic.py", "--quick", "--output", str(output), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = output.read_text()
+    assert report.strip() in result.stdout  # printed and written alike
+    assert (tmp_path / "traffic.png").stat().st_size > 10_000
+    tables = report.split("\n\n")
+    unloaded, load, per_kind = (t for t in tables if t.startswith("| system"))
+    kinds = ("short answer", "caption", "long description")
+    systems, rates = ("served", "S"), ("2", "8")
+
+    rows = _table(unloaded, key="kind")
+    assert sorted(rows) == sorted((s, k) for s in systems for k in kinds)
+    for cells in rows.values():
+        assert _positive(cells["p50 ms (reference)"]) and _positive(cells["TTFT p50 ms"]), cells
+
+    rows = _table(load, key="offered req/s")
+    assert sorted(rows) == sorted((s, r) for s in systems for r in rates)
+    for cells in rows.values():
+        assert cells["requests"] == "8" and cells["failed"] == "0", cells
+        for column in ("achieved req/s", "p50 ms", "p99 ms", "p99 slowdown"):
+            assert _positive(cells[column]), cells
+        assert cells["p99 objective (<= 5x)"] in ("met", "not met")
+
+    lines = [ln for ln in per_kind.splitlines() if ln.startswith("| ")][1:]
+    cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
+    assert sorted((c[0], c[1], c[2]) for c in cells) == sorted(
+        (s, r, k) for s in systems for r in rates for k in kinds
+    )
+    for system in systems:  # every request of a rate is in one of its kinds' rows
+        for rate in rates:
+            assert sum(int(c[3]) for c in cells if (c[0], c[1]) == (system, rate)) == 8
+
+    assert re.search(
+        r"^- Highest rate sustained with p99 slowdown <= 5x: .*\*\*(met|not met)\*\*$|not measured",
+        report,
+        re.MULTILINE,
+    )
+    assert re.search(r"load average \(1/5/15 min\) [\d.]+ / [\d.]+ / [\d.]+", report)
+    assert re.search(r"commit [0-9a-f]{7,}", report)
+    assert re.search(r"The server counted (\d+) generated tokens .* ask for \1\.", report)
