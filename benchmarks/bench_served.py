@@ -63,6 +63,16 @@ def _say(message: str) -> None:
 # Export
 
 
+def parse_export_option(text: str) -> tuple[str, str]:
+    """``NAME=VALUE`` of a ``--export-option`` flag -> (ExportOptions field, its text)."""
+    import argparse
+
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"bad export option {text!r}: use name=value")
+    return name.replace("-", "_"), value
+
+
 def export_options(concurrency: int, overrides: dict[str, str]) -> ExportOptions:
     """``ExportOptions`` for a fair comparison at ``concurrency``, then ``overrides`` (field -> text).
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import bench_model
 from bench_inprocess import measure_in_process
 from bench_report import ROOT, Context, report
-from bench_served import UNARY_ROW, ServedPlan, export, export_options, measure_served
+from bench_served import UNARY_ROW, ServedPlan, export, export_options, measure_served, parse_export_option
 from perf_tools import BenchmarkError
 
 from blip2_triton.fixtures import sample_images
@@ -62,13 +62,6 @@ def _parse_levels(text: str) -> list[int]:
     return levels
 
 
-def _parse_option(text: str) -> tuple[str, str]:
-    name, sep, value = text.partition("=")
-    if not sep or not name:
-        raise argparse.ArgumentTypeError(f"bad export option {text!r}: use name=value")
-    return name.replace("-", "_"), value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -86,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--export-option",
-        type=_parse_option,
+        type=parse_export_option,
         action="append",
         default=[],
         metavar="NAME=VALUE",

@@ -39,7 +39,7 @@ from typing import Protocol
 
 import bench_model
 from bench_report import ROOT, Context
-from bench_served import export, export_options, generated_tokens, serving
+from bench_served import export, export_options, generated_tokens, parse_export_option, serving
 from perf_tools import BenchmarkError
 from traffic_plan import KINDS, Arrival, Kind, mix_description, poisson_schedule, shortened, unloaded_schedule
 from traffic_report import SystemResult, draw, report
@@ -82,13 +82,6 @@ def _parse_rates(text: str) -> list[float]:
     return rates
 
 
-def _parse_option(text: str) -> tuple[str, str]:
-    name, sep, value = text.partition("=")
-    if not sep or not name:
-        raise argparse.ArgumentTypeError(f"bad export option {text!r}: use name=value")
-    return name.replace("-", "_"), value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -102,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the schedules and images (default 0)")
     parser.add_argument(
         "--export-option",
-        type=_parse_option,
+        type=parse_export_option,
         action="append",
         default=[],
         metavar="NAME=VALUE",
