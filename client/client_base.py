@@ -6,7 +6,7 @@ writes its public methods as "build the calls here, send them with my transport"
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from blip2_triton.runtime.contract import PUBLIC_MODEL, STREAM_MODEL
@@ -32,15 +32,33 @@ class ClientBase:
         self,
         url: str | None = None,
         *,
-        protocol: str = "grpc",
+        protocol: str | None = None,
         model_name: str = PUBLIC_MODEL,
         inference_timeout_s: float = 60.0,
         init_timeout_s: float = 30.0,
         max_concurrency: int = 16,
         retry: RetryPolicy | None = None,
+        tls: bool | None = None,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        insecure: bool | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         self._options = ClientOptions.create(
-            url, protocol, model_name, inference_timeout_s, init_timeout_s, max_concurrency, retry
+            url,
+            protocol,
+            model_name,
+            inference_timeout_s,
+            init_timeout_s,
+            max_concurrency,
+            retry,
+            tls=tls,
+            ca_file=ca_file,
+            cert_file=cert_file,
+            key_file=key_file,
+            insecure=insecure,
+            headers=headers,
         )
         self._transport: Any = self._transport_class(self._options)
         self._family: str | None = None
@@ -54,6 +72,10 @@ class ClientBase:
     @property
     def protocol(self) -> str:
         return self._options.protocol
+
+    @property
+    def tls(self) -> bool:
+        return self._options.network.tls
 
     @property
     def model_name(self) -> str:
@@ -70,7 +92,8 @@ class ClientBase:
 
     def __repr__(self) -> str:
         return (
-            f"{type(self).__name__}({self.url!r}, protocol={self.protocol!r}, model_name={self.model_name!r})"
+            f"{type(self).__name__}({self.url!r}, protocol={self.protocol!r}, model_name={self.model_name!r}"
+            f"{', tls=True' if self.tls else ''})"
         )
 
     # -- calls -------------------------------------------------------------------------------

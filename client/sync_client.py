@@ -33,7 +33,12 @@ T = TypeVar("T")
 class Blip2Client(ClientBase):
     """A blocking client of a blip2-triton server (the ``blip2`` ensemble).
 
-    ``url`` is ``host:port`` (default ``localhost:8001`` for gRPC, ``localhost:8000`` for HTTP).
+    ``url`` is ``host:port`` (default ``localhost:8001`` for gRPC, ``localhost:8000`` for HTTP);
+    ``https://`` or ``grpcs://`` in front of it turns TLS on. ``tls``, ``ca_file`` (the CA bundle
+    to trust), ``cert_file`` and ``key_file`` (a client certificate), ``insecure`` (HTTP only: no
+    certificate check) and ``headers`` (sent with every call; gRPC: metadata) are for real networks.
+    Each of these left as None takes its ``BLIP2_TRITON_*`` environment variable (README: Client
+    SDK), and ``protocol`` then defaults to ``"grpc"``.
     ``inference_timeout_s`` bounds each request; ``init_timeout_s`` bounds the metadata calls
     (readiness, model config) and is the default wait of :meth:`wait_until_ready`.
     ``max_concurrency`` caps the requests in flight in :meth:`caption_batch`. The client never

@@ -79,24 +79,31 @@ class _TransportBase:
         """A tritonclient client of the protocol: blocking, or asyncio (made inside the running loop)."""
         options = self.options
         flavour = ".aio" if asynchronous else ""
+        tls = options.network.connect_kwargs(options.protocol, asynchronous=asynchronous)
         with translated_errors():
             module = importlib.import_module(f"tritonclient.{options.protocol}{flavour}")
             if options.protocol == "grpc":
-                return module.InferenceServerClient(options.url)
+                return module.InferenceServerClient(options.url, **tls)
             if asynchronous:
                 return module.InferenceServerClient(
-                    options.url, conn_limit=options.max_concurrency, conn_timeout=options.inference_timeout_s
+                    options.url,
+                    conn_limit=options.max_concurrency,
+                    conn_timeout=options.inference_timeout_s,
+                    **tls,
                 )
             return module.InferenceServerClient(
                 options.url,
                 concurrency=options.max_concurrency,
                 connection_timeout=options.init_timeout_s,
                 network_timeout=options.inference_timeout_s,
+                **tls,
             )
 
-    def _timeout(self, seconds: float) -> dict[str, float]:
-        """The per-call deadline argument: gRPC takes one, HTTP has it on the connection."""
-        return {"client_timeout": seconds} if self.protocol == "grpc" else {}
+    def _per_call(self, seconds: float) -> dict[str, Any]:
+        """Every call's arguments: the deadline (gRPC takes one, HTTP has it on the connection) and
+        the options' headers (gRPC: metadata)."""
+        deadline = {"client_timeout": seconds} if self.protocol == "grpc" else {}
+        return {**deadline, **self.options.network.call_headers(self.protocol)}
 
     def _not_ready(self, timeout_s: float) -> ServerUnavailableError:
         options = self.options
@@ -111,10 +118,9 @@ class _TransportBase:
         return stream_timeout_s(self.options, timeout_s)
 
     def _model_config_options(self) -> dict[str, Any]:
-        """gRPC answers a protobuf unless asked for JSON; HTTP answers JSON."""
-        if self.protocol == "grpc":
-            return {"as_json": True, **self._timeout(self.options.init_timeout_s)}
-        return {}
+        """gRPC answers a protobuf unless asked for JSON; HTTP answers JSON. Both with the headers."""
+        per_call = self._per_call(self.options.init_timeout_s)
+        return {"as_json": True, **per_call} if self.protocol == "grpc" else per_call
 
 
 class Pending(Generic[T]):
@@ -173,11 +179,11 @@ class _GrpcPending(Pending[T]):
 class _HttpPending(Pending[T]):
     """Sent from a gevent greenlet of the HTTP client (its ``async_infer`` sleeps 10 ms a call)."""
 
-    def __init__(self, connection: Any, call: Call[T], index: int | None) -> None:
+    def __init__(self, connection: Any, call: Call[T], index: int | None, per_call: dict) -> None:
         import gevent
 
         super().__init__(call, index)
-        self._greenlet = gevent.spawn(_http_infer, connection, call)
+        self._greenlet = gevent.spawn(_http_infer, connection, call, per_call)
 
     def _wait(self) -> Any:
         result, error = self._greenlet.get()
@@ -190,10 +196,10 @@ class _HttpPending(Pending[T]):
             self._greenlet.kill(block=False)
 
 
-def _http_infer(connection: Any, call: Call) -> tuple[Any, BaseException | None]:
+def _http_infer(connection: Any, call: Call, per_call: dict) -> tuple[Any, BaseException | None]:
     # Errors are returned, not raised: gevent prints a traceback for a greenlet that raises.
     try:
-        return connection.infer(call.model, call.inputs, outputs=call.outputs), None
+        return connection.infer(call.model, call.inputs, outputs=call.outputs, **per_call), None
     except Exception as exc:
         return None, exc
 
@@ -233,18 +239,18 @@ class Transport(_TransportBase):
                 error = failure
 
     def _send(self, call: Call) -> Any:
-        timeout = self._timeout(self.options.inference_timeout_s)
+        timeout = self._per_call(self.options.inference_timeout_s)
         return self._connection.infer(call.model, call.inputs, outputs=call.outputs, **timeout)
 
     def submit(self, call: Call[T], index: int | None = None) -> Pending[T]:
         """Send ``call`` without waiting: :meth:`Pending.result` waits (the fan-out keeps a window)."""
         self.check_open()
         with translated_errors(index):
+            per_call = self._per_call(self.options.inference_timeout_s)
             if self.protocol == "grpc":
-                timeout = self._timeout(self.options.inference_timeout_s)
-                pending: Pending[T] = _GrpcPending(self._connection, call, index, timeout)
+                pending: Pending[T] = _GrpcPending(self._connection, call, index, per_call)
             else:
-                pending = _HttpPending(self._connection, call, index)
+                pending = _HttpPending(self._connection, call, index, per_call)
         if self.options.retry.attempts > 1:
             pending.resend = lambda error, started: self._infer_retrying(call, index, error, started)
         return pending
@@ -263,7 +269,7 @@ class Transport(_TransportBase):
         answers: queue.SimpleQueue = queue.SimpleQueue()
         finished = False
         try:
-            self._send_on_stream(connection, call, answers)
+            self._send_on_stream(connection, call, answers, self.options.network.call_headers(self.protocol))
             deadline = time.monotonic() + timeout_s
             while not finished:
                 try:
@@ -280,10 +286,13 @@ class Transport(_TransportBase):
                 connection.close()
 
     @staticmethod
-    def _send_on_stream(connection: Any, call: Call[str], answers: queue.SimpleQueue) -> None:
-        """Open the stream and send ``call``; a stream that failed at once raises why (its callback says)."""
+    def _send_on_stream(
+        connection: Any, call: Call[str], answers: queue.SimpleQueue, headers: dict[str, Any]
+    ) -> None:
+        """Open the stream (``headers``: ``{"headers": ...}`` or nothing) and send ``call``; a stream
+        that failed at once raises why (its callback says)."""
         with translated_errors():
-            connection.start_stream(callback=lambda result, error: answers.put((result, error)))
+            connection.start_stream(callback=lambda result, error: answers.put((result, error)), **headers)
         try:
             with translated_errors():
                 connection.async_stream_infer(
@@ -306,7 +315,7 @@ class Transport(_TransportBase):
         """True when the server is up and the client's model is ready; False when not (never raises)."""
         if self._closed:
             return False
-        timeout = self._timeout(self.options.init_timeout_s)
+        timeout = self._per_call(self.options.init_timeout_s)
         try:
             with translated_errors():
                 return bool(
@@ -369,7 +378,7 @@ class AsyncTransport(_TransportBase):
 
     async def _send(self, connection: Any, call: Call) -> Any:
         timeout_s = self.options.inference_timeout_s
-        sent = connection.infer(call.model, call.inputs, outputs=call.outputs, **self._timeout(timeout_s))
+        sent = connection.infer(call.model, call.inputs, outputs=call.outputs, **self._per_call(timeout_s))
         return await asyncio.wait_for(sent, timeout_s + 1.0)  # HTTP calls take no deadline of their own
 
     def stream(self, call: Call[str], timeout_s: float | None = None) -> AsyncGenerator[str, None]:
@@ -394,7 +403,9 @@ class AsyncTransport(_TransportBase):
 
         connection = self._connected()
         with translated_errors():  # the call's gRPC deadline bounds the whole stream
-            responses = connection.stream_infer(requests(), stream_timeout=timeout_s)
+            responses = connection.stream_infer(
+                requests(), stream_timeout=timeout_s, **self.options.network.call_headers(self.protocol)
+            )
         finished = False
         try:
             while not finished:
@@ -423,7 +434,7 @@ class AsyncTransport(_TransportBase):
         if self._closed:
             return False
         timeout_s = self.options.init_timeout_s
-        timeout = self._timeout(timeout_s)
+        timeout = self._per_call(timeout_s)
         try:
             connection = self._connected()
             with translated_errors():

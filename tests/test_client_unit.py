@@ -362,6 +362,56 @@ def test_client_options_defaults_and_urls():
     assert ClientOptions.create("http://host:9000/", "http", "blip2", 1, 1, 1).url == "host:9000"
 
 
+def test_client_options_from_the_environment(monkeypatch, tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("a CA bundle")
+    monkeypatch.setenv("BLIP2_TRITON_URL", "https://gateway.example:443/")
+    monkeypatch.setenv("BLIP2_TRITON_PROTOCOL", "http")
+    monkeypatch.setenv("BLIP2_TRITON_CA_FILE", str(ca))
+    monkeypatch.setenv("BLIP2_TRITON_HEADERS", "Authorization: Bearer x\n\nX-Tenant: a:b")
+    options = ClientOptions.create(None, None, "blip2", 1, 1, 1)
+    assert (options.url, options.protocol) == ("gateway.example:443", "http")
+    assert (options.network.tls, options.network.ca_file) == (True, str(ca))
+    assert options.network.call_headers("http") == {
+        "headers": {"Authorization": "Bearer x", "X-Tenant": "a:b"}
+    }
+    assert options.network.call_headers("grpc") == {
+        "headers": {"authorization": "Bearer x", "x-tenant": "a:b"}
+    }
+    assert options.network.connect_kwargs("http", asynchronous=False) == {
+        "ssl": True,
+        "ssl_options": {"ca_certs": str(ca)},
+        "insecure": False,
+    }
+    explicit = ClientOptions.create("grpcs://host:1", "grpc", "blip2", 1, 1, 1, headers={})
+    assert (explicit.url, explicit.protocol, explicit.network.headers) == ("host:1", "grpc", ())
+    assert explicit.network.connect_kwargs("grpc", asynchronous=True)["root_certificates"] == str(ca)
+
+
+@pytest.mark.parametrize(
+    ("environment", "kwargs", "message"),
+    [
+        (
+            {"BLIP2_TRITON_CA_FILE": "/no/such.pem"},
+            {},
+            "ca_file must be a readable file.*BLIP2_TRITON_CA_FILE",
+        ),
+        ({"BLIP2_TRITON_HEADERS": "no colon"}, {}, "BLIP2_TRITON_HEADERS: a header is 'Name: value'"),
+        ({"BLIP2_TRITON_TLS": "maybe"}, {}, "BLIP2_TRITON_TLS must be 1 or 0"),
+        ({}, {"cert_file": __file__}, "cert_file and key_file go together"),
+        ({}, {"tls": True, "insecure": True}, "insecure .* is for http only"),
+        ({}, {"headers": {"Bad Name": "x"}}, "'Bad Name' is not a valid HTTP header name"),
+        ({}, {"headers": {"X-A": "one\ntwo"}}, "one-line str value"),
+        ({"BLIP2_TRITON_URL": "http://host:1"}, {"ca_file": __file__}, "need tls"),
+    ],
+)
+def test_client_network_options_rejected(monkeypatch, environment, kwargs, message):
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=message):
+        Blip2Client(**kwargs)
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
@@ -481,7 +531,8 @@ def test_cli_caption_arguments(parser):
 def test_cli_ask_arguments_and_defaults(parser):
     args = parser.parse_args(["ask", "a.jpg", "what is it?"])
     assert (args.image, args.question) == ("a.jpg", "what is it?")
-    assert (args.url, args.protocol, args.model, args.json) == (None, "grpc", "blip2", False)
+    # url and protocol unset: the SDK takes BLIP2_TRITON_URL / _PROTOCOL, else localhost and grpc
+    assert (args.url, args.protocol, args.model, args.json) == (None, None, "blip2", False)
     assert command.settings_from_args(args) == GenerationSettings()
     assert args.func is command.run_ask
 
