@@ -56,6 +56,14 @@ class Context:
     load_after: tuple[float, float, float] = (0.0, 0.0, 0.0)
     notes: list[str] = field(default_factory=list)
 
+    def header(self) -> str:
+        """Date, machine, commit and load averages: the first line of every report."""
+        return (
+            f"**{self.date}**, {self.machine}, commit {self.commit}; "
+            f"load average (1/5/15 min) {_load(self.load_before)} at the start, "
+            f"{_load(self.load_after)} at the end (this run's own work included)."
+        )
+
     @classmethod
     def now(cls, model: str, generation: str) -> Context:
         return cls(model, generation, utc_now(), machine_description(), commit_description(), os.getloadavg())
@@ -242,9 +250,7 @@ def _load(load: tuple[float, float, float]) -> str:
 def report(rows: list[Row], context: Context, served: str) -> str:
     """The whole report: context, the table, the targets, the notes (Markdown)."""
     lines = [
-        f"**{context.date}**, {context.machine}, commit {context.commit}; "
-        f"load average (1/5/15 min) {_load(context.load_before)} at the start, "
-        f"{_load(context.load_after)} at the end (this run's own work included).",
+        context.header(),
         "",
         f"Model: {context.model}. {context.generation}",
         "",

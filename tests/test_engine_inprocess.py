@@ -120,11 +120,7 @@ def family_build(request, tmp_path_factory):
 
 
 def _engine(folder: Path, **limits) -> InflightEngine:
-    engine = InflightEngine.from_folder(
-        folder, limits=EngineLimits(**{"max_active": 4, "max_queued": 64, **limits})
-    )
-    engine.start()
-    return engine
+    return InflightEngine.launch(folder, limits=EngineLimits(**{"max_active": 4, "max_queued": 64, **limits}))
 
 
 def test_joining_requests_with_mixed_settings_equal_transformers(family_build):

@@ -8,6 +8,13 @@ A finished or cancelled sequence frees its slot at once; the next request takes 
 step. Beam search (``beam_width`` > 1) runs on a second worker with transformers' ``generate``,
 one request at a time, so it never holds the decode loop; a cancel ends it at the next beam step.
 
+Threads and CPU speed: torch's CPU kernels use OpenMP, and GNU OpenMP gives every thread that runs
+parallel work a worker pool of its own. Once a process holds more pool threads than cores, every
+worker stops spinning between kernels and sleeps instead, which made a lone request's decode steps
+about 1.5x slower on a 2-core machine when the model was loaded on one thread and stepped on
+another. ``launch`` therefore loads the model on the decode thread itself, and each beam request
+runs on a short-lived thread whose pool goes away with it.
+
 Callbacks (``RequestSink``) come from the engine's threads only: ``on_text`` once per generated token
 with the newly settled piece of text ("" when none; a sink whose ``wants_pieces`` is false gets ""
 throughout and is spared the incremental decoding), then exactly one of ``on_finish`` (the whole text, as transformers decodes it),
@@ -161,6 +168,8 @@ class InflightEngine:
         self._stats = _Stats()
         self._accepting = True
         self._stopping = False
+        self._reserved = 0  # requests accepted by ``reserve`` and not submitted yet
+        self._held_until = 0.0  # monotonic time: no step runs before it unless ``release``d
         self._threads: list[threading.Thread] = []
 
     @classmethod
@@ -173,23 +182,78 @@ class InflightEngine:
 
     # -- the outside -------------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Start the decode loop and the beam worker."""
-        for target, name in ((self._loop, "blip2-decode-loop"), (self._beam_loop, "blip2-beam-worker")):
-            thread = threading.Thread(target=target, name=name, daemon=True)
-            thread.start()
-            self._threads.append(thread)
+    @classmethod
+    def launch(
+        cls, folder: str | Path, device: str = "cpu", limits: EngineLimits | None = None
+    ) -> InflightEngine:
+        """Load the engine from ``folder`` ON its decode thread and start it (see the module
+        docstring: every torch kernel of the decode loop then runs on the thread that loaded the
+        model). Returns once loaded; a failed load raises here."""
+        loaded: queue.Queue = queue.Queue(maxsize=1)
 
-    def submit(self, request: GenerationRequest, sink: RequestSink) -> None:
-        """Check ``request`` and queue it; never blocks. Raises ``RequestValidationError`` for bad
-        input and ``EngineOverloadedError`` when the wait queue is full."""
-        ids = self._check(request)
-        beam = (request.settings.beam_width or 1) > 1
+        def load_then_loop() -> None:
+            try:
+                engine = cls.from_folder(folder, device, limits)
+            except BaseException as exc:  # the caller raises it
+                loaded.put(exc)
+                return
+            loaded.put(engine)
+            engine._loop()
+
+        thread = threading.Thread(target=load_then_loop, name="blip2-decode-loop", daemon=True)
+        thread.start()
+        result = loaded.get()
+        if isinstance(result, BaseException):
+            raise result
+        result._threads.append(thread)
+        result._start_thread(result._beam_loop, "blip2-beam-worker")
+        return result
+
+    def start(self) -> None:
+        """Start the decode loop and the beam worker (an engine built in this thread; ``launch``
+        is the faster way on CPU)."""
+        self._start_thread(self._loop, "blip2-decode-loop")
+        self._start_thread(self._beam_loop, "blip2-beam-worker")
+
+    def _start_thread(self, target, name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def reserve(self, rows: int) -> None:
+        """Take ``rows`` requests that will be submitted once their images are encoded, or refuse
+        them at once (``EngineOverloadedError``) when the slots and the wait queue cannot hold
+        them with everything accepted before. Each is then ``submit``ted with ``reserved=True``
+        or handed back with ``unreserve``."""
         with self._wake:
             if not self._accepting:
                 raise EngineOverloadedError("the LLM stage is shutting down", reason="shutting_down")
+            accepted = len(self._rows) + len(self._pending) + self._beams.qsize() + self._reserved
+            if accepted + rows > self.limits.max_active + self.limits.max_queued:
+                raise EngineOverloadedError(
+                    f"{accepted} requests hold or wait for the {self.limits.max_active} generation "
+                    f"slots (at most {self.limits.max_queued} wait); try again later"
+                )
+            self._reserved += rows
+
+    def unreserve(self, rows: int = 1) -> None:
+        """Hand back reservations of requests that will not be submitted (failed, cancelled)."""
+        with self._lock:
+            self._reserved = max(0, self._reserved - rows)
+
+    def submit(self, request: GenerationRequest, sink: RequestSink, *, reserved: bool = False) -> None:
+        """Check ``request`` and queue it; never blocks. Raises ``RequestValidationError`` for bad
+        input and ``EngineOverloadedError`` when the wait queue is full (not for a ``reserve``d
+        request: its reservation is used up either way)."""
+        if reserved:
+            self.unreserve()
+        ids = self._check(request)
+        beam = (request.settings.beam_width or 1) > 1
+        with self._wake:
+            if not self._accepting and not reserved:  # a reserved request was accepted before a drain
+                raise EngineOverloadedError("the LLM stage is shutting down", reason="shutting_down")
             waiting = len(self._pending) + self._beams.qsize()
-            if waiting >= self.limits.max_queued:
+            if not reserved and waiting >= self.limits.max_queued:
                 raise EngineOverloadedError(
                     f"{waiting} requests wait for the {self.limits.max_active} generation slots; try again later"
                 )
@@ -206,7 +270,7 @@ class InflightEngine:
             stats = self._stats
             return {
                 "active": len(self._rows),
-                "queued": len(self._pending) + self._beams.qsize(),
+                "queued": len(self._pending) + self._beams.qsize() + self._reserved,
                 "generated_tokens": stats.generated_tokens,
                 "finished": stats.finished,
                 "cancelled": stats.cancelled,
@@ -221,6 +285,23 @@ class InflightEngine:
                 "prefix_cache_bytes": self.prefix_cache.nbytes,
             }
 
+    def free_slots(self) -> int:
+        """Slots no active or waiting request will take: how many new requests can start at once."""
+        with self._lock:
+            return max(0, self.limits.max_active - len(self._rows) - len(self._pending))
+
+    def hold(self, max_s: float) -> None:
+        """Run no step (no prefill, no decode) until ``release`` or for at most ``max_s``: the
+        vision stage has the cores meanwhile, and what it encodes then joins in one prefill."""
+        with self._wake:
+            self._held_until = max(self._held_until, time.monotonic() + max_s)
+
+    def release(self) -> None:
+        """End a ``hold``: steps run again (with whatever was submitted meanwhile)."""
+        with self._wake:
+            self._held_until = 0.0
+            self._wake.notify()
+
     def close(self, drain_timeout_s: float | None = None) -> int:
         """Stop admitting; let what was accepted finish until ``drain_timeout_s``; cut the rest
         (``on_error``); stop the threads. Returns how many requests were cut off."""
@@ -230,7 +311,13 @@ class InflightEngine:
         deadline = None if drain_timeout_s is None else time.monotonic() + drain_timeout_s
         while deadline is None or time.monotonic() < deadline:
             with self._lock:
-                busy = len(self._rows) + len(self._pending) + self._beams.qsize() + self._stats.beam_busy
+                busy = (
+                    len(self._rows)
+                    + len(self._pending)
+                    + self._beams.qsize()
+                    + self._stats.beam_busy
+                    + self._reserved
+                )
             if not busy or not self._threads:
                 break
             time.sleep(0.05)
@@ -251,7 +338,7 @@ class InflightEngine:
                 break
             if item is not None:
                 cut.append(item)
-        error = EngineOverloadedError("the server is shutting down")
+        error = EngineOverloadedError("the server is shutting down", reason="shutting_down")
         for item in cut:
             item[1].on_error(error)
         for sequence in cut_rows:
@@ -294,6 +381,8 @@ class InflightEngine:
         with self._wake:
             while not self._stopping and not self._pending and not self._rows:
                 self._wake.wait(IDLE_WAIT_S)
+            while not self._stopping and (held := self._held_until - time.monotonic()) > 0:
+                self._wake.wait(held)
             if self._stopping:
                 return False
             admit = []
@@ -492,10 +581,7 @@ class InflightEngine:
                 self._stats.beam_busy = 1
                 self._stats.beam_requests += 1
             try:
-                # Asked between beam steps: a cancel ends the generate call at the next step.
-                text = self.beam_search.generate(replace(request, cancelled=sink.is_cancelled), ids)
-            except Exception as exc:
-                text = exc
+                text = self._beam_generate(request, sink, ids)
             finally:
                 with self._lock:
                     self._stats.beam_busy = 0
@@ -511,3 +597,22 @@ class InflightEngine:
                 with self._lock:
                     self._stats.finished += 1
                 sink.on_finish(text)
+
+    def _beam_generate(
+        self, request: GenerationRequest, sink: RequestSink, ids: list[int]
+    ) -> str | Exception:
+        """One beam request's text (or its error), computed on a thread that ends with it, so that
+        its OpenMP worker pool does not outlive it (see the module docstring)."""
+        result: list[str | Exception] = []
+
+        def generate() -> None:
+            try:
+                # Asked between beam steps: a cancel ends the generate call at the next step.
+                result.append(self.beam_search.generate(replace(request, cancelled=sink.is_cancelled), ids))
+            except Exception as exc:
+                result.append(exc)
+
+        thread = threading.Thread(target=generate, name="blip2-beam-request", daemon=True)
+        thread.start()
+        thread.join()
+        return result[0] if result else RuntimeError("beam search ended without a result")

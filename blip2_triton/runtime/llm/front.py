@@ -3,9 +3,11 @@
 The engine model (``blip2_stream``, which ``blip2`` relays to) answers public requests itself. A
 ``Front`` checks everything it can before spending compute (the image decodes, the settings are in
 range, the prompt fits the model), preprocesses the image with the checkpoint's image processor and
-has ``blip2_vision`` encode it (through Triton, so its dynamic batching and response cache apply).
-The query embeddings it returns go to the in-flight engine in the same process, which answers the
-client's own response sender: no decoupled BLS stream stands between a client and the engine.
+has ``blip2_vision`` encode it (through Triton, so its dynamic batching and response cache apply),
+in step with the engine through a ``VisionGate`` (images that arrive together are encoded together
+while the engine waits, then start in one prefill). The query embeddings go to the in-flight engine
+in the same process, which answers the client's own response sender: no decoupled BLS stream stands
+between a client and the engine.
 
 Free of Triton glue: the call to the vision model comes in through ``FrontSteps``.
 """
@@ -26,6 +28,7 @@ from ..settings import parse_prompt, parse_settings
 from ..vision.preprocess import ImagePreprocessor
 from .checkpoint import GenerationRequest
 from .prompt_check import PromptChecker
+from .vision_gate import HeldEngine, VisionGate
 
 
 class FrontSteps(Protocol):
@@ -52,10 +55,18 @@ class FrontRow:
 class Front:
     """Checks public requests and turns their images into query embeddings."""
 
-    def __init__(self, preprocessor: ImagePreprocessor, checker: PromptChecker, steps: FrontSteps) -> None:
+    def __init__(
+        self,
+        preprocessor: ImagePreprocessor,
+        checker: PromptChecker,
+        steps: FrontSteps,
+        engine: HeldEngine,
+        *,
+        max_vision_batch: int,
+    ) -> None:
         self.preprocessor = preprocessor
         self.checker = checker
-        self.steps = steps
+        self.gate = VisionGate(steps.encode, engine, max_batch=max_vision_batch)
 
     def parse(self, inputs: Mapping[str, np.ndarray | None]) -> list[FrontRow]:
         """The rows of one request, every one checked; the first bad one raises."""
@@ -73,10 +84,19 @@ class Front:
             rows.append(FrontRow(image, prompt, settings, tuple(ids)))
         return rows
 
-    async def encode(self, row: FrontRow, is_cancelled: Callable[[], bool]) -> np.ndarray:
-        """The ``[Q, D]`` query embeddings of a row's image; a cancelled request stops before vision."""
-        pixel_values = await asyncio.to_thread(self.preprocessor, row.image)
+    async def encode(
+        self,
+        row: FrontRow,
+        is_cancelled: Callable[[], bool],
+        mark: Callable[[str], None] = lambda stage: None,
+    ) -> np.ndarray:
+        """The ``[Q, D]`` query embeddings of a row's image; a cancelled request stops before vision.
+        ``mark(stage)`` is told when "preprocessed" and "encoded" end."""
+        async with self.gate.preparing():
+            pixel_values = await asyncio.to_thread(self.preprocessor, row.image)
+        mark("preprocessed")
         if is_cancelled():
             raise ClientGoneError()
-        query_embeds = await self.steps.encode(pixel_values[None])
-        return query_embeds[0]
+        query_embeds = await self.gate.encode(pixel_values)
+        mark("encoded")
+        return query_embeds

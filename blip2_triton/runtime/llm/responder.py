@@ -47,6 +47,19 @@ class RequestResponder:
         self.finished_at: float | None = None
         self.tokens = 0  # generated tokens (the engine calls text() once per token)
         self.cancelled_by_client = False
+        # The request's timeline (time.perf_counter() by stage name), for BLIP2_TRITON_TIMELINE logs.
+        self.marks: dict[str, float] = {"accepted": time.perf_counter()}
+
+    def mark(self, stage: str) -> None:
+        """Note when ``stage`` ended (the first time only)."""
+        self.marks.setdefault(stage, time.perf_counter())
+
+    def timeline_ms(self) -> dict[str, float]:
+        """Each stage's end in ms after the request was accepted, in order."""
+        start = self.marks["accepted"]
+        return {
+            name: round((at - start) * 1000, 2) for name, at in sorted(self.marks.items(), key=lambda m: m[1])
+        }
 
     def sink(self, row: int) -> RowSink:
         return RowSink(self, row)
@@ -71,6 +84,7 @@ class RequestResponder:
         self.tokens += 1
         if self.first_text_at is None:
             self.first_text_at = time.monotonic()
+            self.mark("first_token")
         if self.stream and piece:
             with self._lock:
                 if not self._answered:
@@ -86,6 +100,7 @@ class RequestResponder:
                 return
             self._answered = True
             self.finished_at = time.monotonic()
+            self.mark("generated")
             if self.stream:
                 self._send(None, None, True)
             else:

@@ -10,6 +10,7 @@ relayed); this file only adapts Triton's requests and responses.
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -52,12 +53,20 @@ class TritonPythonModel:
         )
         device = model_parameter(config, "device")
         here = Path(__file__).resolve().parent
-        self.engine = InflightEngine.from_folder(here, device=device, limits=limits)
-        self.front = Front(ImagePreprocessor(here / "image_processor"), self.engine.checker, BlsVision())
-        self.engine.start()
+        self.engine = InflightEngine.launch(here, device=device, limits=limits)  # loads on its own thread
+        self.front = Front(
+            ImagePreprocessor(here / "image_processor"),
+            self.engine.checker,
+            BlsVision(),
+            self.engine,
+            max_vision_batch=max(1, int(config.get("max_batch_size", 1))),
+        )
         self.metrics = EngineMetrics(config["name"], self.engine)
         self.drain_timeout_s = float(model_parameter(config, "drain_timeout_s", "600"))
         self.relayed = RelayedRequests()
+        # BLIP2_TRITON_TIMELINE=1 in the server's environment: one log line per request with the
+        # end of each stage (benchmarks/bench_timeline.py reads them).
+        self.log_timeline = os.environ.get("BLIP2_TRITON_TIMELINE", "") == "1"
         self.loop = BackgroundLoop(self.logger)
         self.logger.info(f"ready ({model_parameter(config, 'llm_family')} on {device}, {limits})")
 
@@ -79,6 +88,7 @@ class TritonPythonModel:
             stream = _flag(input_array(request, STREAM), default=True)
             if stream and len(rows) != 1:
                 raise RequestValidationError(f"a streaming request holds one image, got {len(rows)}")
+            self.engine.reserve(len(rows))  # refused here, at once, when the engine is full
         except Exception as exc:
             self.metrics.errored(exc)
             sender.send(error_response(exc, self.logger, tag=relayed), flags=FINAL)
@@ -98,14 +108,20 @@ class TritonPythonModel:
 
     async def _generate(self, row, index: int, responder: RequestResponder) -> None:
         """Encode one row's image and hand it to the engine; a failure is that request's answer."""
+        submitted = False
         try:
-            query_embeds = await self.front.encode(row, responder.cancelled)
+            query_embeds = await self.front.encode(row, responder.cancelled, responder.mark)
             if responder.cancelled():
+                self.engine.unreserve()
+                submitted = True
                 responder.sink(index).on_cancelled()
                 return
-            self.engine.submit(row.request(query_embeds), responder.sink(index))
+            submitted = True  # submit uses the reservation up, even when it raises
+            self.engine.submit(row.request(query_embeds), responder.sink(index), reserved=True)
             self.metrics.admitted(len(row.prompt_ids))
         except Exception as exc:
+            if not submitted:
+                self.engine.unreserve()
             responder.fail(index, exc)  # the request's other rows see is_cancelled() and leave
 
     def _sender(self, sender, request_id: str, holder: list, relayed: bool):
@@ -121,6 +137,9 @@ class TritonPythonModel:
                 sender.send(response, flags=FINAL if final else 0)
             else:
                 sender.send(flags=FINAL if final else 0)
+            if final and self.log_timeline:
+                holder[0].mark("sent")
+                self.logger.info(f"timeline {json.dumps(holder[0].timeline_ms())}")
 
         return send
 

@@ -1,0 +1,143 @@
+"""Aligned stages: images reach the vision model together, and the engine waits for them.
+
+Left alone, a burst of requests reaches the vision model as it trickles out of preprocessing, in
+batches of two or three; each batch's embeddings then join the engine on their own, and from then on
+the requests finish at different steps, so most decode steps run far fewer rows than there are
+slots, while vision batches compete with the decode steps for the same cores.
+
+A ``VisionGate`` holds each preprocessed image until nothing more is being preprocessed (or the
+batch is as large as the free generation slots, or the first image has waited ``max_wait_s``), then
+sends the whole batch at once and holds the engine while it runs: the vision model gets the cores
+and one large batch, and what it returns joins the engine in one prefill. One batch at a time;
+each image is its own request to the vision model (whose dynamic batcher runs them together), so
+its response cache still answers per image. A lone request goes through at once.
+
+Free of Triton glue: the vision call and the engine come in as callables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+
+class HeldEngine(Protocol):
+    """What the gate needs of the engine."""
+
+    def free_slots(self) -> int: ...
+    def hold(self, max_s: float) -> None: ...
+    def release(self) -> None: ...
+
+
+Encode = Callable[[np.ndarray], Awaitable[np.ndarray]]  # [1, 3, H, W] -> [1, Q, D]
+
+
+@dataclass
+class _Waiting:
+    pixel_values: np.ndarray
+    result: asyncio.Future
+    since: float = field(default_factory=time.monotonic)
+
+
+class VisionGate:
+    """Batches images for the vision model in step with the engine; see the module docstring."""
+
+    def __init__(
+        self,
+        encode: Encode,
+        engine: HeldEngine,
+        *,
+        max_batch: int,
+        max_wait_s: float = 0.05,
+        poll_s: float = 0.002,
+        max_hold_s: float = 10.0,
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        self._encode = encode
+        self._engine = engine
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self.poll_s = poll_s
+        self.max_hold_s = max_hold_s
+        self._preparing = 0  # images being decoded and preprocessed: they will come soon
+        self._waiting: list[_Waiting] = []
+        self._unsubmitted = 0  # encoded by the last batch, not yet counted by ``free_slots``
+        self._runner: asyncio.Task | None = None
+        self.batches = 0  # figures for tests and benchmarks
+        self.images = 0
+
+    def preparing(self) -> _Preparing:
+        """``async with gate.preparing():`` around an image's preprocessing: the gate waits for it."""
+        return _Preparing(self)
+
+    async def encode(self, pixel_values: np.ndarray) -> np.ndarray:
+        """``[Q, D]`` query embeddings of one ``[3, H, W]`` image, encoded in the gate's next batch."""
+        waiting = _Waiting(pixel_values, asyncio.get_running_loop().create_future())
+        self._waiting.append(waiting)
+        self._wake()
+        return await waiting.result
+
+    def _wake(self) -> None:
+        if self._runner is None or self._runner.done():
+            self._runner = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        """Send batches until nothing waits; one batch in flight at a time."""
+        while self._waiting:
+            batch = await self._next_batch()
+            if batch:
+                await self._send(batch)
+
+    async def _next_batch(self) -> list[_Waiting]:
+        while True:
+            self._waiting = [w for w in self._waiting if not w.result.done()]  # callers gone
+            if not self._waiting:
+                return []
+            room = min(self.max_batch, self._engine.free_slots() - self._unsubmitted)
+            waited = time.monotonic() - self._waiting[0].since
+            if room > 0 and (not self._preparing or len(self._waiting) >= room or waited >= self.max_wait_s):
+                batch, self._waiting = self._waiting[:room], self._waiting[room:]
+                return batch
+            await asyncio.sleep(self.poll_s)
+
+    async def _send(self, batch: list[_Waiting]) -> None:
+        self._engine.hold(self.max_hold_s)
+        self._unsubmitted = len(batch)
+        try:
+            results = await asyncio.gather(
+                *(self._encode(w.pixel_values[None]) for w in batch), return_exceptions=True
+            )
+            for waiting, result in zip(batch, results, strict=True):
+                if waiting.result.done():
+                    continue
+                if isinstance(result, BaseException):
+                    waiting.result.set_exception(result)
+                else:
+                    waiting.result.set_result(result[0])
+            self.batches += 1
+            self.images += len(batch)
+        finally:
+            # After the callers' own continuations (scheduled by set_result above) have handed
+            # their requests to the engine: they then start in one prefill.
+            asyncio.get_running_loop().call_soon(self._release)
+
+    def _release(self) -> None:
+        self._unsubmitted = 0
+        self._engine.release()
+
+
+class _Preparing:
+    def __init__(self, gate: VisionGate) -> None:
+        self._gate = gate
+
+    async def __aenter__(self) -> None:
+        self._gate._preparing += 1
+
+    async def __aexit__(self, *exc_info) -> None:
+        self._gate._preparing -= 1

@@ -1,0 +1,133 @@
+"""The vision gate's batching rules (plain asyncio; the served path is covered by the in-flight tests)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from blip2_triton.runtime.llm.vision_gate import VisionGate
+
+
+class Engine:
+    """An engine's three gate hooks, recording what the gate asked."""
+
+    def __init__(self, free: int) -> None:
+        self.free = free
+        self.held = False
+        self.events: list[str] = []
+
+    def free_slots(self) -> int:
+        return self.free
+
+    def hold(self, max_s: float) -> None:
+        self.held = True
+        self.events.append("hold")
+
+    def release(self) -> None:
+        self.held = False
+        self.events.append("release")
+
+
+class Vision:
+    """A vision call that records each batch it saw while the engine was held."""
+
+    def __init__(self, engine: Engine, fail_on: float | None = None) -> None:
+        self.engine = engine
+        self.calls: list[float] = []
+        self.held_during: list[bool] = []
+        self.fail_on = fail_on
+
+    async def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        assert pixels.shape == (1, 3, 2, 2)
+        value = float(pixels[0, 0, 0, 0])
+        self.calls.append(value)
+        self.held_during.append(self.engine.held)
+        await asyncio.sleep(0.01)
+        if value == self.fail_on:
+            raise RuntimeError(f"vision failed on {value}")
+        return np.full((1, 4, 8), value, dtype=np.float32)
+
+
+def _image(value: float) -> np.ndarray:
+    return np.full((3, 2, 2), value, dtype=np.float32)
+
+
+async def _request(gate: VisionGate, value: float, prepare_s: float) -> np.ndarray:
+    async with gate.preparing():
+        await asyncio.sleep(prepare_s)
+    return await gate.encode(_image(value))
+
+
+def test_a_lone_image_goes_at_once_and_holds_the_engine_meanwhile():
+    async def main():
+        engine = Engine(free=4)
+        vision = Vision(engine)
+        gate = VisionGate(vision, engine, max_batch=8, max_wait_s=5)
+        result = await gate.encode(_image(1.0))
+        await asyncio.sleep(0)
+        return engine, vision, gate, result
+
+    engine, vision, gate, result = asyncio.run(main())
+    assert result.shape == (4, 8) and float(result[0, 0]) == 1.0
+    assert (gate.batches, gate.images) == (1, 1)
+    assert vision.held_during == [True] and engine.events == ["hold", "release"]
+
+
+def test_images_prepared_together_go_in_one_batch_each_with_its_own_answer():
+    async def main():
+        engine = Engine(free=8)
+        vision = Vision(engine)
+        gate = VisionGate(vision, engine, max_batch=8, max_wait_s=5)
+        results = await asyncio.gather(*(_request(gate, float(v), 0.01 * v) for v in range(1, 6)))
+        return gate, results
+
+    gate, results = asyncio.run(main())
+    assert [float(r[0, 0]) for r in results] == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert (gate.batches, gate.images) == (1, 5)
+
+
+def test_a_batch_is_no_larger_than_the_free_slots():
+    async def main():
+        engine = Engine(free=2)
+        vision = Vision(engine)
+        gate = VisionGate(vision, engine, max_batch=8, max_wait_s=5)
+        await asyncio.gather(*(_request(gate, float(v), 0) for v in range(1, 6)))
+        return gate
+
+    gate = asyncio.run(main())
+    assert (gate.batches, gate.images) == (3, 5)
+
+
+def test_a_failed_image_fails_only_its_own_caller():
+    async def main():
+        engine = Engine(free=8)
+        vision = Vision(engine, fail_on=2.0)
+        gate = VisionGate(vision, engine, max_batch=8, max_wait_s=5)
+        return await asyncio.gather(*(_request(gate, float(v), 0) for v in (1, 2, 3)), return_exceptions=True)
+
+    first, second, third = asyncio.run(main())
+    assert float(first[0, 0]) == 1.0 and float(third[0, 0]) == 3.0
+    assert isinstance(second, RuntimeError) and "2.0" in str(second)
+
+
+def test_no_batch_waits_longer_than_max_wait_for_slow_preparation():
+    async def main():
+        engine = Engine(free=8)
+        vision = Vision(engine)
+        gate = VisionGate(vision, engine, max_batch=8, max_wait_s=0.02)
+        slow = asyncio.ensure_future(_request(gate, 2.0, 0.5))  # still preparing meanwhile
+        await asyncio.sleep(0.01)
+        first = await gate.encode(_image(1.0))
+        assert not slow.done()
+        await slow
+        return gate, first
+
+    gate, first = asyncio.run(main())
+    assert float(first[0, 0]) == 1.0 and (gate.batches, gate.images) == (2, 2)
+
+
+def test_max_batch_must_be_positive():
+    with pytest.raises(ValueError, match="max_batch"):
+        VisionGate(Vision(Engine(1)), Engine(1), max_batch=0)
