@@ -60,20 +60,22 @@ class ClientOptions:
         insecure: bool | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> ClientOptions:
-        """Checked options; ValueError names the first bad one. None: the environment's, else the default."""
+        """Checked options; ValueError names the first bad one. None: the environment's, else the
+        default; ``tls=False`` also leaves the environment's TLS files and ``insecure`` unread."""
         environment = _Environment()
         protocol = _tensors.check_protocol(
             protocol if protocol is not None else environment.get("PROTOCOL") or "grpc"
         )
         url, scheme_tls = _host_port(url if url is not None else environment.get("URL"), protocol)
+        secure = environment if tls is not False else _Environment(read=False)
         try:
             network = NetworkOptions.create(
                 protocol,
                 tls=_first(tls, scheme_tls, environment.flag("TLS")),
-                ca_file=ca_file if ca_file is not None else environment.get("CA_FILE"),
-                cert_file=cert_file if cert_file is not None else environment.get("CERT_FILE"),
-                key_file=key_file if key_file is not None else environment.get("KEY_FILE"),
-                insecure=bool(_first(insecure, environment.flag("INSECURE"))),
+                ca_file=ca_file if ca_file is not None else secure.get("CA_FILE"),
+                cert_file=cert_file if cert_file is not None else secure.get("CERT_FILE"),
+                key_file=key_file if key_file is not None else secure.get("KEY_FILE"),
+                insecure=bool(_first(insecure, secure.flag("INSECURE"))),
                 headers=headers if headers is not None else environment.headers(),
             )
         except ValueError as exc:
@@ -101,11 +103,11 @@ class ClientOptions:
 class _Environment:
     """The ``BLIP2_TRITON_*`` variables, read once; remembers which were used (for error messages)."""
 
-    def __init__(self) -> None:
+    def __init__(self, read: bool = True) -> None:
         self._values = {
             name.removeprefix(ENV_PREFIX): os.environ[name].strip()
             for name in ENVIRONMENT
-            if os.environ.get(name, "").strip()
+            if read and os.environ.get(name, "").strip()
         }
         self._used: list[str] = []
 

@@ -386,6 +386,16 @@ def test_client_options_from_the_environment(monkeypatch, tmp_path):
     explicit = ClientOptions.create("grpcs://host:1", "grpc", "blip2", 1, 1, 1, headers={})
     assert (explicit.url, explicit.protocol, explicit.network.headers) == ("host:1", "grpc", ())
     assert explicit.network.connect_kwargs("grpc", asynchronous=True)["root_certificates"] == str(ca)
+    plain = ClientOptions.create("localhost:8001", "grpc", "blip2", 1, 1, 1, tls=False)  # env CA unread
+    assert (
+        plain.network.tls,
+        plain.network.ca_file,
+        plain.network.connect_kwargs("grpc", asynchronous=False),
+    ) == (
+        False,
+        None,
+        {},
+    )
 
 
 @pytest.mark.parametrize(

@@ -44,7 +44,8 @@ def run_demo(model: str | None, work_dir: Path, dtype: str = "fp32", device: str
     )
     server.start()
     try:
-        with Blip2Client(server.grpc_url) as client:
+        # the server started here: plain gRPC, whatever BLIP2_TRITON_* say (they are for remote servers)
+        with Blip2Client(server.grpc_url, protocol="grpc", tls=False, headers={}) as client:
             if scenes:
                 _scene_demo(client)
             else:

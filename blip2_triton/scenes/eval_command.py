@@ -58,7 +58,8 @@ def served(checkpoint: Path, work_dir: Path, options=None):
     server = TritonServer.on_free_ports(repository, log_file=work_dir / "tritonserver.log")
     server.start()
     try:
-        with Blip2Client(server.grpc_url) as client:
+        # the server started here: plain gRPC, whatever BLIP2_TRITON_* say (they are for remote servers)
+        with Blip2Client(server.grpc_url, protocol="grpc", tls=False, headers={}) as client:
             yield client
     finally:
         server.stop()
