@@ -21,6 +21,7 @@ good within 5x its kind's. Prints the tables, the highest rate each system susta
 
     make bench-traffic                                    # or: .venv/bin/python benchmarks/bench_traffic.py
     .venv/bin/python benchmarks/bench_traffic.py --quick  # tiny model, 2 rates, few requests: a smoke test
+    OMP_NUM_THREADS=1 make bench-traffic                  # a busy machine: one torch thread per process
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from traffic_stats import Outcome, RateRun, unloaded_latency
 
 OUTPUT = ROOT / ".work" / "bench" / "traffic.md"
 QUICK_OUTPUT = ROOT / ".work" / "bench" / "traffic-quick.md"
-DEFAULT_RATES = (0.5, 1.0, 2.0, 3.0, 4.0)
+DEFAULT_RATES = (0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)
 QUICK_RATES = (2.0, 8.0)
 QUICK_REQUESTS = 8
 QUICK_SHORTER = 5  # --quick divides every kind's lengths by 5
@@ -88,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--quick", action="store_true", help="smoke test: tiny model, rates 2,8, 8 requests each, lengths / 5"
     )
     parser.add_argument(
-        "--rates", type=_parse_rates, help="offered rates, requests/s (default 0.5,1,2,3,4; --quick 2,8)"
+        "--rates", type=_parse_rates, help="offered rates, requests/s (default 0.5,1,2,3,4,6,8; --quick 2,8)"
     )
     parser.add_argument("--requests", type=int, help="requests per rate (default 60; --quick 8)")
     parser.add_argument("--unloaded", type=int, help="unloaded requests per kind (default 5; --quick 1)")
@@ -230,7 +231,10 @@ def run(
         "at which it meets it at that rate and every lower one. Achieved and goodput: requests (good "
         "requests) per second from the first arrival to the last response. Scheduled: the drawn "
         "schedule's own rate (arrivals - 1 over the last arrival's time).",
-        f"{_threads()} torch threads in this process (S); the server's stages run on the same cores.",
+        f"{_threads()} torch threads in this process (S); OMP_NUM_THREADS "
+        f"{os.environ.get('OMP_NUM_THREADS', 'unset')} here and in the server, whose stages run on the same "
+        "cores. On a busy machine torch's default threads (one per core) in every process make both "
+        "systems many times slower than OMP_NUM_THREADS=1 does.",
     ]
     context.notes = notes
     return report(served, baseline, context), [served, baseline], context
