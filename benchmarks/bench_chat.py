@@ -76,12 +76,11 @@ def run_chat(folder: Path, cache_mb: int, tokens: int, device: str, repeats: int
     settings = parse_settings({"max_tokens": np.int32(tokens), "min_tokens": np.int32(tokens)})
     turns: list[dict] = []
     for repeat in range(repeats):
-        engine = InflightEngine.from_folder(
+        engine = InflightEngine.launch(
             folder,
             device=device,
             limits=EngineLimits(max_active=4, max_sequence_tokens=1024, prefix_cache_bytes=cache_mb * 2**20),
         )
-        engine.start()
         query = np.random.RandomState(repeat).standard_normal(
             (engine.settings.num_query_tokens, engine.hidden)
         )
@@ -110,21 +109,9 @@ def run_chat(folder: Path, cache_mb: int, tokens: int, device: str, repeats: int
     return turns
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", choices=sorted(MODELS), default="bench")
-    parser.add_argument("--small", action="store_true", help="the small model (tests)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
-    parser.add_argument("--tokens", type=int, default=12, help="new tokens per answer (min = max)")
-    parser.add_argument("--repeats", type=int, default=3, help="chats per setting; the best latency counts")
-    parser.add_argument("--cache-mb", type=int, default=128)
-    args = parser.parse_args(argv)
-    spec = MODELS["small" if args.small else args.model]
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = bench_model.build_llm_folder(Path(tmp) / "blip2_stream", spec, args.dtype, args.device)
-        without = run_chat(folder, 0, args.tokens, args.device, args.repeats)
-        with_cache = run_chat(folder, args.cache_mb, args.tokens, args.device, args.repeats)
+def chat_report(without: list[dict], with_cache: list[dict]) -> tuple[str, bool]:
+    """The per-turn table of two ``run_chat`` results (cache off, on), its summary lines, and
+    whether the texts of both runs are equal."""
     rows = []
     for turn, (off, on) in enumerate(zip(without, with_cache, strict=True), start=1):
         off_ms, on_ms = min(off["ms"]), min(on["ms"])
@@ -140,33 +127,51 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     same = all(off["text"] == on["text"] for off, on in zip(without, with_cache, strict=True))
+    header = (
+        "turn",
+        "prompt positions",
+        "computed (off)",
+        "computed (on)",
+        "latency off ms",
+        "latency on ms",
+        "off / on",
+    )
+    total_off = sum(min(t["ms"]) for t in without)
+    total_on = sum(min(t["ms"]) for t in with_cache)
+    median_off = statistics.median(min(t["ms"]) for t in without)
+    median_on = statistics.median(min(t["ms"]) for t in with_cache)
+    lines = [
+        markdown(header, rows),
+        f"whole chat: {total_off:.0f} ms off, {total_on:.0f} ms on ({total_off / total_on:.2f}x); "
+        f"median turn {median_off:.1f} / {median_on:.1f} ms",
+        f"texts equal with and without the cache: {same}",
+    ]
+    return "\n".join(lines), same
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=sorted(MODELS), default="bench")
+    parser.add_argument("--small", action="store_true", help="the small model (tests)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
+    parser.add_argument("--tokens", type=int, default=12, help="new tokens per answer (min = max)")
+    parser.add_argument("--repeats", type=int, default=3, help="chats per setting; the best latency counts")
+    parser.add_argument("--cache-mb", type=int, default=128)
+    args = parser.parse_args(argv)
+    spec = MODELS["small" if args.small else args.model]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = bench_model.build_llm_folder(Path(tmp) / "blip2_stream", spec, args.dtype, args.device)
+        without = run_chat(folder, 0, args.tokens, args.device, args.repeats)
+        with_cache = run_chat(folder, args.cache_mb, args.tokens, args.device, args.repeats)
+    text, same = chat_report(without, with_cache)
     print(
         f"# 6-turn chat, prefix cache off / on ({utc_now()}, {machine_description()}, {commit_description()})"
     )
     print(
         f"model: {spec.describe()}, {args.dtype} on {args.device}; {args.tokens} new tokens per turn, best of {args.repeats}"
     )
-    print(
-        markdown(
-            (
-                "turn",
-                "prompt positions",
-                "computed (off)",
-                "computed (on)",
-                "latency off ms",
-                "latency on ms",
-                "off / on",
-            ),
-            rows,
-        )
-    )
-    total_off = sum(min(t["ms"]) for t in without)
-    total_on = sum(min(t["ms"]) for t in with_cache)
-    print(
-        f"whole chat: {total_off:.0f} ms off, {total_on:.0f} ms on ({total_off / total_on:.2f}x); "
-        f"median turn {statistics.median(min(t['ms']) for t in without):.1f} / {statistics.median(min(t['ms']) for t in with_cache):.1f} ms"
-    )
-    print(f"texts equal with and without the cache: {same}")
+    print(text)
     return 0 if same else 1
 
 

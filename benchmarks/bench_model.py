@@ -51,6 +51,19 @@ BENCH = BenchSpec("bench", 224, 14, 6, 384, 4, 384, 32, 8, 512)
 QUICK = BenchSpec("quick", 64, 16, 2, 64, 2, 64, 8, 2, 64, vocab_size=2048)
 
 
+def quiet_libraries() -> None:
+    """No progress bars or advice from transformers and the hub on the console: only the figures."""
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
 def _synthetic_corpus(seed: int, words: int = 120_000, lines: int = 30_000) -> list[str]:
     """Lines of random lower-case words: enough distinct words for ~50k BPE merges."""
     rng = random.Random(seed)

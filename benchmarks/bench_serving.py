@@ -1,4 +1,4 @@
-"""Side-by-side benchmark (issue 8): transformers in process against the served pipeline, one table.
+"""Side-by-side benchmark (issues 8 and 16): transformers in process against the served pipeline, one table.
 
 In one run, on the same images (the shipped samples, cycled to 16), with random weights at a
 fixed bench size and fixed-length generation (min = max new tokens = 32, so every system does the
@@ -7,7 +7,7 @@ same work):
 - A: the seed-style loop in process (``Blip2Processor`` + ``generate``, one image at a time);
 - B: one batched ``generate`` over the 16 images in process;
 - C: the exported repository served by ``tritonserver`` on free ports, loaded by perf_analyzer at
-  concurrency 1, 4 and 16 with the real encoded images: unary on ``blip2``, streaming on
+  concurrency 1, 16 and 64 with the real encoded images: unary on ``blip2``, streaming on
   ``blip2_stream`` when the repository has it (time to first token from the first text piece).
 
 Prints one table (images/s, output tokens/s, p50/p99 latency, TTFT, ratios against A and B), the
@@ -70,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tokens", type=int, help="new tokens per image (default 32; --quick 4)")
     parser.add_argument("--images", type=int, default=16, help="images per pass (default 16)")
     parser.add_argument(
-        "--concurrency", type=_parse_levels, default=[1, 4, 16], help="served levels (default 1,4,16)"
+        "--concurrency",
+        type=_parse_levels,
+        help="served levels (default 1,16,64: the targets' levels; --quick 1,4,16)",
     )
     parser.add_argument(
         "--waves",
@@ -92,9 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> str:
+    bench_model.quiet_libraries()
     spec = bench_model.QUICK if args.quick else bench_model.BENCH
     tokens = args.tokens or (4 if args.quick else 32)
     waves = args.waves or (1 if args.quick else 6)
+    args.concurrency = args.concurrency or ([1, 4, 16] if args.quick else [1, 16, 64])
     images = bench_images(args.images)
     generation = (
         f"{len(images)} images (the shipped samples, cycled), greedy, exactly {tokens} new tokens "

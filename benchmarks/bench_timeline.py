@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -137,6 +137,9 @@ def served(repository: Path, images: list[bytes], tokens: int, work: Path) -> di
                 latencies.append(time.perf_counter() - t0)
             time.sleep(0.5)  # the last log lines
             lines = _timelines(log)[len(seen_before) :]
+            if not lines:
+                tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+                raise RuntimeError(f"no timeline lines in the server log ({mode}); its end:\n{tail}")
             stages: dict[str, list[float]] = {}
             for line in lines:
                 for name, at in line.items():
@@ -150,14 +153,14 @@ def served(repository: Path, images: list[bytes], tokens: int, work: Path) -> di
 
 
 def _timelines(log: Path) -> list[dict[str, float]]:
+    """The stage ends of every ``timeline name=ms ...`` line the engine model logged."""
     found = []
     for line in log.read_text(errors="replace").splitlines():
         at = line.find(TIMELINE)
         if at >= 0:
-            try:
-                found.append(json.loads(line[at + len(TIMELINE) :]))
-            except ValueError:
-                continue
+            pairs = re.findall(r"(\w+)=([\d.]+)", line[at + len(TIMELINE) :])
+            if pairs:
+                found.append({name: float(ms) for name, ms in pairs})
     return found
 
 
@@ -230,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="the tiny model: a smoke test")
     parser.add_argument("--output", type=Path, default=ROOT / ".work" / "bench" / "timeline.md")
     args = parser.parse_args(argv)
+    bench_model.quiet_libraries()
     spec = bench_model.QUICK if args.quick else bench_model.BENCH
     context = Context.now(
         spec.describe(), f"{args.requests} lone requests, exactly {args.tokens} new tokens, each image new"

@@ -5,6 +5,8 @@ tokens; random weights, fp16) is written as an export's engine folder and run in
 process by ``InflightEngine`` (the engine the served ``blip2_stream`` runs), then by transformers
 ``generate``, at 1, 8, 32 and 64 sequences decoding together, every one generating exactly
 ``--tokens`` new tokens after 32 image tokens + BOS (random query embeddings: a caption request).
+Then a 6-turn chat about one image through the engine with the OPT prefix cache off and on
+(``benchmarks/bench_chat.py``'s): prefill positions computed and latency per turn.
 
 Printed: decode tokens/s and the time of one decode step for both, against the weight-bandwidth
 floor, the least a step can take when it must read every weight once (weight bytes / the device's
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import bench_model
+from bench_chat import chat_report, run_chat
 from bench_inprocess import FirstTokenClock
 from bench_report import ROOT, commit_description, machine_description, markdown, number, utc_now
 
@@ -179,8 +182,7 @@ def measure_engine(
     limits = EngineLimits(
         max_active=most, max_sequence_tokens=spec.num_query_tokens + 1 + tokens + 8, max_queued=most
     )
-    engine = InflightEngine.from_folder(folder, device, limits=limits)
-    engine.start()
+    engine = InflightEngine.launch(folder, device, limits=limits)
     try:
         engine_round(engine, _query_embeds(most, spec, 1), 4, timeout_s)  # warm-up, untimed
         results = []
@@ -299,6 +301,12 @@ def run(args: argparse.Namespace) -> str:
         bandwidth = copy_bandwidth(args.device, 1024 if args.device.startswith("cuda") else 256)
         engine = measure_engine(folder, spec, args.device, tokens, args.levels, args.timeout)
         generate, weights = measure_generate(folder, spec, args.device, tokens, args.levels)
+        chat = None
+        if args.chat_turns_tokens:
+            _say("== a 6-turn chat through the engine, prefix cache off, then on")
+            without = run_chat(folder, 0, args.chat_turns_tokens, args.device, repeats=2)
+            with_cache = run_chat(folder, args.chat_cache_mb, args.chat_turns_tokens, args.device, repeats=2)
+            chat, _ = chat_report(without, with_cache)
     floor_s = weights / bandwidth
     header = [
         f"**{utc_now()}**, {device_description(args.device)}, commit {commit_description()}; load average "
@@ -308,7 +316,13 @@ def run(args: argparse.Namespace) -> str:
         f"weight-bandwidth floor: {floor_s * 1000:.3f} ms per step ({weights / 1e6:,.0f} MB of weights / "
         f"{bandwidth / 1e9:,.1f} GB/s copy bandwidth, bytes read + written)",
     ]
-    return report(engine + generate, floor_s, header)
+    text = report(engine + generate, floor_s, header)
+    if chat is not None:
+        text += (
+            f"\nA 6-turn chat about one image through the engine (prefix cache off / on, "
+            f"{args.chat_cache_mb} MB; {args.chat_turns_tokens} new tokens per turn, best of 2):\n\n{chat}\n"
+        )
+    return text
 
 
 def device_description(device: str) -> str:
@@ -339,6 +353,16 @@ def main(argv: list[str] | None = None) -> int:
         "--levels", type=_levels, default=list(LEVELS), help="sequences decoding together (default 1,8,32,64)"
     )
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per level at most")
+    parser.add_argument(
+        "--chat-turns-tokens",
+        type=int,
+        default=16,
+        metavar="N",
+        help="then a 6-turn chat with the prefix cache off and on, N new tokens per turn (0: skip; default 16)",
+    )
+    parser.add_argument(
+        "--chat-cache-mb", type=int, default=512, help="prefix cache size for the chat (default 512)"
+    )
     parser.add_argument("--work-dir", type=Path, help="where the model folder is written (then deleted)")
     parser.add_argument("--output", type=Path, help="also write the report here (Markdown)")
     args = parser.parse_args(argv)

@@ -139,7 +139,8 @@ class TritonPythonModel:
                 sender.send(flags=FINAL if final else 0)
             if final and self.log_timeline:
                 holder[0].mark("sent")
-                self.logger.info(f"timeline {json.dumps(holder[0].timeline_ms())}")
+                stages = " ".join(f"{name}={ms}" for name, ms in holder[0].timeline_ms().items())
+                self.logger.info(f"timeline {stages}")
 
         return send
 
