@@ -17,7 +17,7 @@ trap 'rm -rf "$tmp"' EXIT
 # training/pyproject.toml depends on blip2-triton: that is this checkout, never a registry's package.
 printf 'blip2-triton @ file://%s\n' "$PWD" >"$tmp/self.txt"
 
-common=(--python-version 3.11 --generate-hashes --no-header --quiet --custom-compile-command "make lock")
+common=(--python-version 3.11 --generate-hashes --quiet --custom-compile-command "make lock")
 [ -d "$FIND_LINKS" ] && common+=(--find-links "$FIND_LINKS")
 common+=(-c scripts/lock-pins.txt)
 # shellcheck disable=SC2086  # LOCK_ARGS is a list of uv flags
