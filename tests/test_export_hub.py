@@ -4,7 +4,8 @@
 the stub, so every request that arrives came through the proxy settings: the revision check
 (``huggingface_hub``'s ``model_info``) and every file ``from_pretrained`` downloads. The stub
 serves a tiny checkpoint at one commit, knows the tag ``v1`` and answers like the hub for unknown
-revisions, repositories and files.
+revisions, repositories and files. For an ``https://`` endpoint it is ``HTTPS_PROXY``: it records
+the client's CONNECT and refuses it.
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self._answer(body=True)
+
+    def do_CONNECT(self) -> None:  # an https:// endpoint through HTTPS_PROXY: recorded, then refused
+        self.server.requests.append(f"CONNECT {self.path}")
+        self._send(403, b"", True)
 
     def _answer(self, body: bool) -> None:
         path = unquote(urlsplit(self.path).path)  # a proxied request carries the whole URL
@@ -156,3 +161,13 @@ def test_hub_errors_are_one_line(hub, tmp_path):
     line = _last_line(_export(hub, tmp_path / "empty", tmp_path / "o2", **unreachable))
     assert f"cannot download '{REPO}': the model hub ({ENDPOINT}) cannot be reached" in line
     assert "pass a local checkpoint folder" in line
+
+
+def test_an_https_hub_is_asked_through_https_proxy(hub, tmp_path):
+    """The hub's real scheme: the check goes to HTTPS_PROXY (a CONNECT the stub records and refuses)."""
+    hub.requests.clear()
+    proxy = f"http://127.0.0.1:{hub.server_address[1]}"
+    secure = {"HF_ENDPOINT": "https://hub.invalid", "HTTPS_PROXY": proxy, "HTTP_PROXY": ""}
+    line = _last_line(_export(hub, tmp_path / "empty", tmp_path / "o", **secure))
+    assert hub.requests and hub.requests[0] == "CONNECT hub.invalid:443"
+    assert f"the model hub (https://hub.invalid) cannot be reached through the proxy {proxy}" in line
