@@ -65,3 +65,20 @@ def opt_server(opt_build, opt_reference, tmp_path_factory):
         yield ServedModel(server, opt_build["repository"], opt_reference)
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def t5_build(tmp_path_factory) -> dict[str, Path]:
+    """The tiny T5 export, moved elsewhere with its checkpoint deleted (see build_relocated_repository)."""
+    return build_relocated_repository(tmp_path_factory.mktemp("t5"), "t5")
+
+
+@pytest.fixture(scope="session")
+def t5_server(t5_build, tmp_path_factory):
+    """A live server of the tiny T5 export (the T5 parity tests and the OpenAI frontend's share it)."""
+    reference = GenerationReference(t5_build["reference_checkpoint"])
+    server = start_server(t5_build["repository"], tmp_path_factory.mktemp("logs") / "t5-server.log")
+    try:
+        yield ServedModel(server, t5_build["repository"], reference)
+    finally:
+        server.stop()

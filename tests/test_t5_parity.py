@@ -11,45 +11,26 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from pathlib import Path
 
 import pytest
 import tritonclient.grpc as grpcclient
 
-from .conftest import SAMPLES, ServedModel, start_server
+from .conftest import SAMPLES
 from .parity import (
     GENERATION_SETTINGS_CASES,
     MATRIX_IMAGES,
     SHORT_PROMPT,
-    build_relocated_repository,
     check_parity_figures,
     check_seeded_sampling,
     check_settings_parity,
     run_parity_matrix,
 )
-from .reference import GenerationReference
 from .triton_requests import assert_rejected, infer_concurrently, settled_engine_counters
 
 pytestmark = pytest.mark.server
 
 VQA_PROMPT = "Question: what is in the picture? Short answer:"
 LONG_PROMPT = "Question: what colour is the large object near the middle of this small image? Short answer:"
-
-
-@pytest.fixture(scope="module")
-def t5_build(tmp_path_factory) -> dict[str, Path]:
-    """The tiny T5 export, moved elsewhere with its checkpoint deleted (see build_relocated_repository)."""
-    return build_relocated_repository(tmp_path_factory.mktemp("t5"), "t5")
-
-
-@pytest.fixture(scope="module")
-def t5_server(t5_build, tmp_path_factory):
-    reference = GenerationReference(t5_build["reference_checkpoint"])
-    server = start_server(t5_build["repository"], tmp_path_factory.mktemp("logs") / "t5-server.log")
-    try:
-        yield ServedModel(server, t5_build["repository"], reference)
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
