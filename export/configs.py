@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from blip2_triton.runtime.contract import TensorSpec
+from blip2_triton.runtime.contract import MODEL_TENSORS, TensorSpec
 
 from .errors import ExportError
 
@@ -32,16 +32,40 @@ def template_dir() -> Traversable:
     return files(TEMPLATE_PACKAGE)
 
 
-def tensor_block(specs: Iterable[TensorSpec], *, indent: str = "  ") -> str:
-    """Config text for a list of tensors (``optional`` kept for inputs that have it)."""
+def tensor_block(
+    specs: Iterable[TensorSpec], sizes: Mapping[str, object] | None = None, *, indent: str = "  "
+) -> str:
+    """Config text for a list of tensors (``optional`` kept for inputs that have it).
+
+    A dim named by a string (a checkpoint size) takes its number from ``sizes``; none there is an
+    export error.
+    """
     lines = []
     for spec in specs:
-        dims = ", ".join(str(d) for d in spec.dims)
+        dims = ", ".join(str(_dim(spec, dim, sizes or {})) for dim in spec.dims)
         optional = " optional: true" if spec.optional else ""
         lines.append(
             f'{indent}{{ name: "{spec.name}" data_type: {spec.triton_type} dims: [ {dims} ]{optional} }}'
         )
     return ",\n".join(lines)
+
+
+def _dim(spec: TensorSpec, dim: int | str, sizes: Mapping[str, object]) -> object:
+    if isinstance(dim, int):
+        return dim
+    if dim not in sizes:
+        raise ExportError(f"tensor {spec.name!r}: no value for its checkpoint size {dim!r}")
+    return sizes[dim]
+
+
+def tensor_values(model: str, sizes: Mapping[str, object]) -> dict[str, str]:
+    """``inputs`` and ``outputs`` of ``model``'s template, from the contract's ``MODEL_TENSORS``."""
+    tensors = MODEL_TENSORS.get(model)
+    if tensors is None:
+        raise ExportError(
+            f"{model}: the contract (runtime/contract.py MODEL_TENSORS) lists no tensors for it"
+        )
+    return {"inputs": tensor_block(tensors.inputs, sizes), "outputs": tensor_block(tensors.outputs, sizes)}
 
 
 def render(template: str, values: Mapping[str, object], *, source: str) -> str:
@@ -114,8 +138,10 @@ def check_ensemble(
 def write_config(
     model: str, values: Mapping[str, object], out_dir: Path, template: str = CONFIG_TEMPLATE
 ) -> model_config_pb2.ModelConfig:
-    """Render ``model``'s template, validate it and write ``out_dir/config.pbtxt``; returns the config."""
+    """Render ``model``'s template (its tensor lines from the contract), validate it and write
+    ``out_dir/config.pbtxt``; returns the config."""
     source = f"{model}/{template}"
+    values = {**values, **tensor_values(model, values)}
     text = render((template_dir() / model / template).read_text(), values, source=source)
     config = parse_config(text, source=source)
     check_model_config(config, out_dir.name)

@@ -7,7 +7,6 @@ from typing import Any
 from blip2_triton.runtime import contract as C
 from blip2_triton.runtime.llm.checkpoint import LlmSettings, context_length
 
-from .configs import tensor_block
 from .generation_checkpoint import GenerationCheckpoint, load_generation_checkpoint, refuse_fp16_for_t5
 from .hub import CheckpointSource
 from .model_folders import ModelFolders
@@ -50,8 +49,6 @@ class GenerationRepository(RepositoryWriter[GenerationCheckpoint]):
             "vision_instance_kind": options.instance_kind,
             "llm_instance_kind": options.instance_kind,
             "llm_device": options.device,
-            "public_inputs": tensor_block(C.PUBLIC_INPUTS),
-            "public_outputs": tensor_block(C.PUBLIC_OUTPUTS),
         }
 
     def write(

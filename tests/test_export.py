@@ -195,19 +195,30 @@ def test_bf16_export_keeps_the_vision_graph_fp32_and_the_language_model_bf16(sma
     np.testing.assert_allclose(actual, expected, atol=1e-4)
 
 
-def test_every_tensor_a_template_names_is_a_contract_name():
-    """The contract owns tensor names: a config template may only name tensors it defines."""
+def test_no_template_hard_codes_a_tensor_line():
+    """The contract owns tensors: every template's input and output blocks are its placeholders."""
     import re
 
-    from blip2_triton.runtime import contract as C
+    from blip2_triton.runtime.contract import MODEL_TENSORS
 
-    known = {value.name for value in vars(C).values() if isinstance(value, C.TensorSpec)}
-    known |= {value for name, value in vars(C).items() if name.isupper() and isinstance(value, str)}
-    known |= set(C.GENERATION_INPUT_NAMES)
-    named = {
-        (path.relative_to(template_dir()).as_posix(), name)
-        for path in template_dir().glob("*/config*.tmpl")
-        for name in re.findall(r'\{ name: "(\w+)" data_type', path.read_text())
-    }
-    assert named, "no tensor line found in the templates"
-    assert sorted(entry for entry in named if entry[1] not in known) == []
+    templates = sorted(template_dir().glob("*/config*.tmpl"))
+    assert {path.parent.name for path in templates} == set(MODEL_TENSORS)
+    for path in templates:
+        text = path.read_text()
+        where = path.relative_to(template_dir()).as_posix()
+        assert re.findall(r"data_type|dims:", text) == [], f"{where} hard-codes a tensor line"
+        assert re.findall(r"(?m)^(input|output) \[\n(.*)\n\]$", text) == [
+            ("input", "${inputs}"),
+            ("output", "${outputs}"),
+        ], where
+
+
+def test_a_checkpoint_size_without_a_value_is_an_export_error():
+    from blip2_triton.export.configs import tensor_values
+
+    with pytest.raises(
+        ExportError, match=r"tensor 'pixel_values': no value for its checkpoint size 'image_height'"
+    ):
+        tensor_values("blip2_vision", {"image_width": 48, "num_query_tokens": 8, "llm_hidden": 32})
+    with pytest.raises(ExportError, match=r"blip2_nope: the contract .* lists no tensors for it"):
+        tensor_values("blip2_nope", {})

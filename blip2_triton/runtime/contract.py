@@ -46,11 +46,15 @@ ALLOWED_IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """One tensor of the public `blip2` ensemble (dims exclude the batch dimension)."""
+    """One tensor of a model (dims exclude the batch dimension).
+
+    A dim that is a string names a size of the checkpoint (``"image_height"``, ``"embed_dim"``):
+    the export writes the checkpoint's number in its place.
+    """
 
     name: str
     triton_type: str
-    dims: tuple[int, ...]
+    dims: tuple[int | str, ...]
     optional: bool = False
     doc: str = ""
 
@@ -61,6 +65,7 @@ class TensorSpec:
 
 _NUMPY_DTYPES = {
     "TYPE_STRING": "object",
+    "TYPE_BOOL": "bool",
     "TYPE_INT32": "int32",
     "TYPE_UINT64": "uint64",
     "TYPE_FP32": "float32",
@@ -159,8 +164,46 @@ INPUT_IDS = "input_ids"
 ATTENTION_MASK = "attention_mask"
 
 RETRIEVAL_TEXT = TensorSpec("text_input", "TYPE_STRING", (1,), doc="text; empty is refused")
-# dims of the embeddings depend on the checkpoint: -1 here, the exported configs carry the real ones.
-IMAGE_EMBEDS = TensorSpec("image_embeds", "TYPE_FP32", (-1, -1), doc="L2-normalised query features [Q, D]")
-TEXT_EMBEDS = TensorSpec("text_embeds", "TYPE_FP32", (-1,), doc="L2-normalised text feature [D]")
+IMAGE_EMBEDS = TensorSpec(
+    "image_embeds", "TYPE_FP32", ("num_query_tokens", "embed_dim"), doc="L2-normalised query features [Q, D]"
+)
+TEXT_EMBEDS = TensorSpec("text_embeds", "TYPE_FP32", ("embed_dim",), doc="L2-normalised text feature [D]")
 ITM_SCORE = TensorSpec("itm_score", "TYPE_FP32", (1,), doc="match probability of the ITM head")
 ITC_SCORE = TensorSpec("itc_score", "TYPE_FP32", (1,), doc="max over queries of the cosine similarity")
+
+# The internal wires and control flags as tensors (their names above).
+PIXEL_VALUES_TENSOR = TensorSpec(
+    PIXEL_VALUES, "TYPE_FP32", (3, "image_height", "image_width"), doc="preprocessed image"
+)
+QUERY_EMBEDS_TENSOR = TensorSpec(
+    QUERY_EMBEDS, "TYPE_FP32", ("num_query_tokens", "llm_hidden"), doc="query tokens in the LLM's space"
+)
+VISION_HIDDEN_STATES_TENSOR = TensorSpec(
+    VISION_HIDDEN_STATES, "TYPE_FP32", ("vision_tokens", "vision_hidden"), doc="vision encoder output"
+)
+STREAM_FLAG = TensorSpec(STREAM, "TYPE_BOOL", (1,), optional=True, doc="false = one response")
+CANCEL_FLAG = TensorSpec(CANCEL, "TYPE_BOOL", (1,), optional=True, doc="cancel a relayed request")
+
+
+@dataclass(frozen=True)
+class ModelTensors:
+    """The inputs and outputs of one model, as its ``config.pbtxt`` declares them."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+
+# Every model an export writes, by name: the one source of the configs' tensor lines.
+MODEL_TENSORS: dict[str, ModelTensors] = {
+    PUBLIC_MODEL: ModelTensors(PUBLIC_INPUTS, PUBLIC_OUTPUTS),
+    STREAM_MODEL: ModelTensors((*PUBLIC_INPUTS, STREAM_FLAG, CANCEL_FLAG), PUBLIC_OUTPUTS),
+    PREPROCESS_MODEL: ModelTensors((IMAGE,), (PIXEL_VALUES_TENSOR,)),
+    VISION_MODEL: ModelTensors((PIXEL_VALUES_TENSOR,), (QUERY_EMBEDS_TENSOR,)),
+    IMAGE_ENCODER_MODEL: ModelTensors((PIXEL_VALUES_TENSOR,), (IMAGE_EMBEDS, VISION_HIDDEN_STATES_TENSOR)),
+    IMAGE_EMBED_MODEL: ModelTensors((IMAGE,), (IMAGE_EMBEDS,)),
+    TEXT_EMBED_MODEL: ModelTensors((RETRIEVAL_TEXT,), (TEXT_EMBEDS,)),
+    ITM_HEAD_MODEL: ModelTensors(
+        (VISION_HIDDEN_STATES_TENSOR, IMAGE_EMBEDS, TEXT_EMBEDS, RETRIEVAL_TEXT), (ITM_SCORE, ITC_SCORE)
+    ),
+    ITM_MODEL: ModelTensors((IMAGE, RETRIEVAL_TEXT), (ITM_SCORE, ITC_SCORE)),
+}
