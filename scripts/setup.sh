@@ -8,7 +8,7 @@ VENV=.venv
 STAMP=$VENV/.setup-stamp
 want=$(cat requirements-build.lock requirements.lock requirements-dev.lock pyproject.toml training/pyproject.toml | sha256sum | cut -d' ' -f1)
 
-if ! ldconfig -p 2>/dev/null | grep -q 'libb64.so.0d'; then
+if ! ldconfig -p 2>/dev/null | grep 'libb64.so.0d' >/dev/null; then  # not -q: grep -q's early exit fails the pipe (pipefail)
   echo "setup: installing libb64-0d (needed by perf_analyzer)"
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq >/dev/null && $SUDO apt-get install -y -qq libb64-0d >/dev/null \
