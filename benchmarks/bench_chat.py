@@ -33,11 +33,7 @@ QUESTIONS = (
     "is it large or small?",
     "what is behind it?",
 )
-MODELS = {
-    "bench": bench_model.LlmSpec("bench", layers=8, width=512, heads=8, ffn=2048),
-    "small": bench_model.SMALL_LLM,
-    "opt-2.7b": bench_model.OPT_2_7B,
-}
+MODELS = bench_model.LLM_MODELS
 
 
 class _Sink:

@@ -214,6 +214,8 @@ class LlmSpec:
 
 OPT_2_7B = LlmSpec("opt-2.7b", layers=32, width=2560, heads=32, ffn=10240)  # blip2-opt-2.7b's LLM
 SMALL_LLM = LlmSpec("small", layers=2, width=128, heads=2, ffn=512, vocab_size=2048)
+BENCH_LLM = LlmSpec("bench", layers=8, width=512, heads=8, ffn=2048)  # make bench's OPT
+LLM_MODELS = {spec.name: spec for spec in (BENCH_LLM, SMALL_LLM, OPT_2_7B)}
 
 TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 

@@ -146,15 +146,29 @@ def ready_models(grpc_url: str) -> set[str]:
     return {m["name"] for m in index if m.get("state") == "READY"}
 
 
-def generated_tokens(metrics_url: str) -> int | None:
-    """The server's own count of generated tokens (all models), or None where it has no such metric."""
+def metric_total(metrics_url: str, name: str) -> float | None:
+    """The sum of a counter over all its labels on the server's metrics port, or None without it."""
     try:
         with urllib.request.urlopen(metrics_url, timeout=5) as response:
             text = response.read().decode("utf-8", errors="replace")
     except OSError:
         return None
-    values = re.findall(rf"^{TOKENS_METRIC}(?:{{[^}}]*}})?\s+(\S+)$", text, flags=re.MULTILINE)
-    return int(sum(float(v) for v in values)) if values else None
+    values = re.findall(rf"^{name}(?:{{[^}}]*}})?\s+(\S+)$", text, flags=re.MULTILINE)
+    return sum(float(v) for v in values) if values else None
+
+
+def generated_tokens(metrics_url: str) -> int | None:
+    """The server's own count of generated tokens (all models), or None where it has no such metric."""
+    total = metric_total(metrics_url, TOKENS_METRIC)
+    return None if total is None else int(total)
+
+
+def rows_per_step(metrics_url: str) -> tuple[float, float] | None:
+    """The engine's decode steps and the sequences they advanced, so far."""
+    steps, rows = (
+        metric_total(metrics_url, m) for m in ("blip2_decode_steps_total", "blip2_decoded_rows_total")
+    )
+    return None if steps is None or rows is None else (steps, rows)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -179,6 +193,7 @@ def measure_served(repository: Path, plan: ServedPlan, work: Path) -> tuple[list
         rows: list[Row] = []
         tokens_before = generated_tokens(server.metrics_url)
         expected = 0
+        batching: list[str] = []
         for name, model, streaming in modes:
             if model not in models:
                 rows += [Row(name, c, missing=f"no {model} model in this repository") for c in plan.levels]
@@ -191,10 +206,16 @@ def measure_served(repository: Path, plan: ServedPlan, work: Path) -> tuple[list
             for concurrency in plan.levels:
                 count = plan.requests(concurrency)
                 t0 = time.monotonic()
+                steps_before = rows_per_step(server.metrics_url)
                 run = run_counted(
                     binary, env, base, concurrency, count, work / "profile.json", plan.level_timeout_s
                 )
                 rows.append(_row(name, concurrency, run, plan.tokens, streaming))
+                time.sleep(1.0)  # the engine's counters are published from a poll loop
+                steps_after = rows_per_step(server.metrics_url)
+                if steps_before and steps_after and steps_after[0] > steps_before[0]:
+                    average = (steps_after[1] - steps_before[1]) / (steps_after[0] - steps_before[0])
+                    batching.append(f"{model} at {concurrency}: {average:.1f}")
                 expected += len(run.requests) * plan.tokens
                 _say(
                     f"   {model} concurrency {concurrency}: {rows[-1].images_per_s:.2f} images/s "
@@ -207,6 +228,8 @@ def measure_served(repository: Path, plan: ServedPlan, work: Path) -> tuple[list
             f"The server counted {tokens_after - tokens_before} generated tokens over the served runs "
             f"(warm-up included); fixed-length generation means {expected}."
         )
+    if batching:
+        notes.append(f"Sequences per decode step, on average (the engine's counters): {', '.join(batching)}.")
     return rows, notes
 
 

@@ -14,6 +14,7 @@ copy bandwidth, measured here with torch: bytes read + written per second by a l
 
     .venv/bin/python benchmarks/gpu_decode.py                          # cuda, opt-2.7b size, fp16
     .venv/bin/python benchmarks/gpu_decode.py --small --device cpu     # a small model on CPU (tests)
+    .venv/bin/python benchmarks/gpu_decode.py --model bench --device cpu --levels 1,4,16,64  # make bench's OPT
 
 Decode time is taken on the request that finished last: from its first text to its end, over
 ``tokens - 1`` steps, while the others decode beside it.
@@ -289,7 +290,7 @@ def report(levels: list[Level], floor_s: float, header_lines: list[str]) -> str:
 
 
 def run(args: argparse.Namespace) -> str:
-    spec = bench_model.SMALL_LLM if args.small else bench_model.OPT_2_7B
+    spec = bench_model.SMALL_LLM if args.small else bench_model.LLM_MODELS[args.model]
     dtype = args.dtype or ("fp32" if args.small or args.device == "cpu" else "fp16")
     tokens = args.tokens or (16 if args.small else 128)
     load_before = os.getloadavg()
@@ -346,7 +347,13 @@ def _levels(text: str) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu (default cuda)")
-    parser.add_argument("--small", action="store_true", help="a small OPT instead of opt-2.7b's size")
+    parser.add_argument(
+        "--model",
+        choices=sorted(bench_model.LLM_MODELS),
+        default="opt-2.7b",
+        help="the OPT's size (default opt-2.7b; bench: make bench's 8 x 512, for CPU)",
+    )
+    parser.add_argument("--small", action="store_true", help="the small OPT (tests): --model small")
     parser.add_argument("--dtype", choices=sorted(bench_model.TORCH_DTYPES), help="default fp16 on GPU")
     parser.add_argument("--tokens", type=int, help="new tokens per sequence (default 128; --small 16)")
     parser.add_argument(
