@@ -14,7 +14,7 @@ DTYPE ?= fp32
 K8S_CORE := $(filter-out %/kustomization.yaml %/podmonitor.yaml %/prometheusrule.yaml,$(wildcard docker/k8s/*.yaml))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup lock demo test lint export serve bench bench-traffic perf clean train-scenes eval-scenes
+.PHONY: help setup lock demo test lint export serve bench bench-traffic perf perf-openai clean train-scenes eval-scenes
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-8s %s\n", $$1, $$2}'
@@ -54,6 +54,11 @@ bench-traffic: setup ## open-loop Poisson traffic, served vs a first-cut in-proc
 
 perf: setup ## perf_analyzer load test of PERF_REPO=<export> (default: a tiny model); flags: PERF_ARGS="..."
 	@$(BIN)/python benchmarks/perf_ensemble.py $(if $(PERF_REPO),--repository "$(PERF_REPO)") $(PERF_ARGS)
+
+AIPERF_VENV := $(WORK)/aiperf-venv
+perf-openai: setup ## the OpenAI frontend: its cost vs direct gRPC (concurrency 1, 16) and an aiperf load test; PERF_ARGS="..."
+	@test -x $(AIPERF_VENV)/bin/aiperf || { "$$(readlink -f $(BIN)/python)" -m venv $(AIPERF_VENV) && $(AIPERF_VENV)/bin/pip install -q aiperf==0.13.0; }
+	@$(BIN)/python benchmarks/perf_openai.py $(if $(PERF_REPO),--repository "$(PERF_REPO)") $(PERF_ARGS)
 
 train-scenes: setup ## train the scene checkpoints from scratch (20-27 min, 2 CPU cores) into blip2_triton/fixtures/checkpoints
 	@$(BIN)/python -P -m blip2_triton_train.train --output blip2_triton/fixtures/checkpoints --cache "$(WORK)/scenes-train.npy"
