@@ -163,6 +163,7 @@ def slow(tmp_path_factory):
         served.wait_ready()
         served.api_url = f"http://127.0.0.1:{port}"
         served.model_id = load_served_model(base / "repository").id
+        served.repository = base / "repository"
         yield served
     finally:
         served.stop()
@@ -359,7 +360,7 @@ def test_every_bad_request_gets_its_status_and_message(opt_api, images):
         ({"model": model, "messages": [user(url)], "seed": -1}, 400, "random_seed"),
         ({"model": model, "messages": []}, 400, "messages"),
         ({"model": model}, 400, "messages: Field required"),
-        (b"{not json", 400, "JSON"),
+        (b"{not json", 400, "the request body is not valid JSON"),
         ({"model": model, "input": "a cat"}, 400, "embeddings need a retrieval repository"),
     ]
     for body, status, fragment in cases:
@@ -626,6 +627,24 @@ def test_a_full_engine_is_429_with_retry_after(slow, images):
     assert refused.headers["retry-after"] == "1"
     assert refused.json()["error"]["message"].startswith("server overloaded")
     assert refused.json()["error"]["type"] == "rate_limit_error"
+
+
+def test_a_request_past_the_timeout_is_504_and_cancelled(slow, images, tmp_path):
+    """A frontend with a 0.2 s request timeout: a 512-token answer is cut off with 504, and the
+    engine counts the request cancelled (its deadline reached the server)."""
+    frontend = Frontend(slow.grpc_url, slow.repository, tmp_path / "frontend.log", "--request-timeout=0.2")
+    try:
+        before = engine_cancelled(slow.metrics_url)
+        body = {**_stream_request(slow, images[1]), "max_tokens": 512, "min_tokens": 512, "stream": False}
+        late = _post(frontend.url, "/v1/chat/completions", body)
+        assert late.status_code == 504, late.text[:300]
+        assert late.json()["error"]["code"] == "timeout"
+        deadline = time.monotonic() + 30
+        while engine_cancelled(slow.metrics_url) < before + 1 and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert engine_cancelled(slow.metrics_url) >= before + 1
+    finally:
+        frontend.stop()
 
 
 def test_serve_drains_the_frontend_too(slow, images):

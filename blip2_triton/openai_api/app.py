@@ -32,6 +32,10 @@ log = logging.getLogger("blip2_triton.openai")
 
 def _validation_error(exc: RequestValidationError) -> ApiError:
     first = exc.errors()[0] if exc.errors() else {}
+    if first.get("type") == "json_invalid":
+        return bad_request(
+            f"the request body is not valid JSON ({first.get('ctx', {}).get('error', 'decode error')})"
+        )
     where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
     message = first.get("msg", "invalid request body")
     return bad_request(f"{where}: {message}" if where else message, where or None)
