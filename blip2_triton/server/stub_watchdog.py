@@ -49,7 +49,10 @@ class StubWatchdog:
         self._wake_r, self._wake_w = os.pipe()
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="stub-watchdog", daemon=True)
+        """Watch every stub running now (before returning: one killed right after is seen), then new ones."""
+        watched: dict[int, tuple[StubProcess, int]] = {}
+        self._watch_new_stubs(watched)
+        self._thread = threading.Thread(target=self._run, args=(watched,), name="stub-watchdog", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -62,8 +65,8 @@ class StubWatchdog:
             with contextlib.suppress(OSError):
                 os.close(fd)
 
-    def _run(self) -> None:
-        watched: dict[int, tuple[StubProcess, int]] = {}  # pidfd -> (stub, server pid)
+    def _run(self, watched: dict[int, tuple[StubProcess, int]]) -> None:
+        """``watched``: pidfd -> (stub, server pid)."""
         try:
             while not self._stopped.is_set():
                 self._watch_new_stubs(watched)

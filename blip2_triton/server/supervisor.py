@@ -126,8 +126,8 @@ class Supervisor:
             except ServerStartAborted:
                 return self._drain()
             self.lifecycle.to(State.SERVING)
+            self.watchdog.start()  # before "ready": a stub that dies right after is noticed
             on_ready()
-            self.watchdog.start()
             self.probe.start()
             next_track = 0.0
             while not self._stopping():
