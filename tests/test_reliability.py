@@ -146,14 +146,22 @@ class ReadinessProbe:
             self._thread.join(timeout=30)
 
 
-@pytest.fixture
-def served(opt_build, tmp_path) -> ServeProcess:
-    process = start_serve(opt_build["repository"], tmp_path, env={"BLIP2_TRITON_ADMIN_KEY": ADMIN_KEY})
+@pytest.fixture(scope="module")
+def served(opt_build, tmp_path_factory) -> ServeProcess:
+    """One serve for the stub kills (each recovers it) and then the drain (which ends it)."""
+    log_dir = tmp_path_factory.mktemp("reliability-serve")
+    process = start_serve(opt_build["repository"], log_dir, env={"BLIP2_TRITON_ADMIN_KEY": ADMIN_KEY})
     try:
         process.wait_ready()
         yield process
     finally:
         process.kill()
+
+
+def stderr_since(served: ServeProcess, since: float) -> str:
+    """serve's stderr lines read at or after ``since`` (a shared serve logged earlier recoveries too)."""
+    served.stderr_text()
+    return "".join(line for read_at, line in list(served.stderr_times) if read_at >= since)
 
 
 def _wait(predicate, timeout_s: float, what: str, explain=lambda: "") -> None:
@@ -197,7 +205,8 @@ def test_killed_stub_is_noticed_and_its_model_reloaded(served: ServeProcess, kin
                 # a reload; or, if the dead instance did not go within the stuck check's grace (a busy
                 # machine), a restart of tritonserver: both bring the model back
                 "'reloaded in' or 'restarted' logged": any(
-                    text in served.stderr_text() for text in ("reloaded in", "tritonserver restarted")
+                    text in stderr_since(served, killed_at)
+                    for text in ("reloaded in", "tritonserver restarted")
                 ),
                 "4 answers after the kill": len(late) >= 4,
                 "server ready now": probe.samples[-1][2],
@@ -244,7 +253,7 @@ def test_killed_stub_is_noticed_and_its_model_reloaded(served: ServeProcess, kin
     assert all(o.started <= became_ready + 0.5 for o in failed), [
         o for o in failed if o.started > became_ready
     ]
-    recovered_by = "reload" if "reloaded in" in served.stderr_text() else "restart"
+    recovered_by = "reload" if "reloaded in" in stderr_since(served, killed_at) else "restart"
     record_figure(
         f"stub_kill_{kind}",
         {
@@ -258,28 +267,6 @@ def test_killed_stub_is_noticed_and_its_model_reloaded(served: ServeProcess, kin
             "recovered_by": recovered_by,
         },
     )
-
-
-@pytest.mark.server
-def test_on_stub_death_exit_stops_the_server_non_zero(opt_build, tmp_path: Path) -> None:
-    served = start_serve(
-        opt_build["repository"],
-        tmp_path,
-        "--on-stub-death=exit",
-        env={"BLIP2_TRITON_ADMIN_KEY": ADMIN_KEY},
-    )
-    try:
-        served.wait_ready()
-        server_pid = served.tritonserver_pid()
-        stubs = stub_processes(server_pid)
-        victim = next(s for s in stubs if s.model == "blip2_vision")
-        os.kill(victim.pid, signal.SIGKILL)
-        assert served.process.wait(timeout=120) == 1
-        assert victim.instance in served.stderr_text() and "giving up" in served.stderr_text()
-        assert not is_running(server_pid)
-        assert not any(is_running(s.pid) for s in stubs)
-    finally:
-        served.kill()
 
 
 def _long_request(url: str, tokens: int, results: list, index: int) -> None:
@@ -344,6 +331,28 @@ def test_sigterm_drains_every_accepted_request(served: ServeProcess) -> None:
             "new_request_answer": refused_message,
         },
     )
+
+
+@pytest.mark.server
+def test_on_stub_death_exit_stops_the_server_non_zero(opt_build, tmp_path: Path) -> None:
+    served = start_serve(
+        opt_build["repository"],
+        tmp_path,
+        "--on-stub-death=exit",
+        env={"BLIP2_TRITON_ADMIN_KEY": ADMIN_KEY},
+    )
+    try:
+        served.wait_ready()
+        server_pid = served.tritonserver_pid()
+        stubs = stub_processes(server_pid)
+        victim = next(s for s in stubs if s.model == "blip2_vision")
+        os.kill(victim.pid, signal.SIGKILL)
+        assert served.process.wait(timeout=120) == 1
+        assert victim.instance in served.stderr_text() and "giving up" in served.stderr_text()
+        assert not is_running(server_pid)
+        assert not any(is_running(s.pid) for s in stubs)
+    finally:
+        served.kill()
 
 
 @pytest.mark.server

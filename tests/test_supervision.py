@@ -2,8 +2,10 @@
 flight, SIGTERM during a recovery, a wedged tritonserver (SIGSTOP), a killed one (kill -9), SIGKILL of
 serve's whole process group, and ``--on-crash exit`` (a taken port that is named: test_server.py).
 
-Each test runs a ``blip2-triton serve`` of its own. Figures go to ``.work/figures/supervision.json``
-(docs/operations.md); times are measured and reported, asserted only within generous bounds.
+Each test runs a ``blip2-triton serve`` of its own, except the engine stub's death and the killed
+tritonserver: both leave serve recovered, so they share one (the second ends it). Figures go to
+``.work/figures/supervision.json`` (docs/operations.md); times are measured and reported, asserted
+only within generous bounds.
 """
 
 from __future__ import annotations
@@ -60,6 +62,24 @@ def _serve(repository: Path, tmp_path: Path, *args: str, new_session: bool = Fal
     return served
 
 
+@pytest.fixture(scope="module")
+def recovering_serve(opt_build, tmp_path_factory):
+    """One serve for the tests that leave it recovered; stopped at the end, and it must drain cleanly."""
+    served = _serve(opt_build["repository"], tmp_path_factory.mktemp("supervision-serve"))
+    try:
+        yield served
+        if served.process.poll() is None:
+            assert served.stop() == 0, served.stderr_text()
+    finally:
+        served.kill()
+
+
+def _stderr_since(served: ServeProcess, since: float) -> str:
+    """serve's stderr lines read at or after ``since`` (a shared serve logged earlier recoveries too)."""
+    served.stderr_text()
+    return "".join(line for read_at, line in list(served.stderr_times) if read_at >= since)
+
+
 def _snapshot(served: ServeProcess) -> tuple[int, list, set[str]]:
     """(tritonserver pid, its instance stubs, its /dev/shm regions) right now."""
     pid = served.tritonserver_pid()
@@ -86,10 +106,11 @@ def _answers(url: str) -> bool:
 
 
 @pytest.mark.server
-def test_engine_stub_death_ends_requests_in_flight(opt_build, tmp_path: Path) -> None:
+def test_engine_stub_death_ends_requests_in_flight(recovering_serve: ServeProcess) -> None:
     """(c) Every request in flight at the engine stub's death gets an error at once or an answer;
-    service comes back; no old stub, no region is left; regions are the serving user's only."""
-    served = _serve(opt_build["repository"], tmp_path)
+    service comes back; no old stub, no region is left; regions are the serving user's only (and
+    serve drains cleanly after: the stop at the end of the shared serve)."""
+    served = recovering_serve
     load = LoadGenerator(served.grpc_url, clients=4, max_tokens=40)
     try:
         pid, stubs, regions = _snapshot(served)
@@ -118,8 +139,7 @@ def test_engine_stub_death_ends_requests_in_flight(opt_build, tmp_path: Path) ->
     new_pid, _, new_regions = _snapshot(served)
     _wait(lambda: all(region_mode(r) == 0o600 for r in server_regions(new_pid)), 10, "private regions")
     new_modes = sorted({oct(region_mode(r) or 0) for r in new_regions})
-    stderr = served.stderr_text()
-    assert served.stop() == 0, served.stderr_text()
+    stderr = _stderr_since(served, killed_at)
     errors = [o for o in in_flight if o.error is not None]
     record(
         "engine_stub_kill",
@@ -136,6 +156,47 @@ def test_engine_stub_death_ends_requests_in_flight(opt_build, tmp_path: Path) ->
             "regions_left": 0,
             "region_modes_before_after": [modes, new_modes],
             "server_pid_changed": new_pid != pid,
+        },
+    )
+
+
+@pytest.mark.server
+def test_killed_server_is_restarted(recovering_serve: ServeProcess) -> None:
+    """(e) kill -9 of tritonserver: service back, nothing of the old server left; a clean drain after."""
+    served = recovering_serve
+    load = LoadGenerator(served.grpc_url, clients=2, max_tokens=20)
+    try:
+        pid, stubs, regions = _snapshot(served)
+        load.start()
+        _wait(lambda: sum(o.error is None for o in load.outcomes) >= 4, 120, "traffic before the kill")
+        killed_at = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        noticed_at = served.wait_stderr("exited unexpectedly", 30, after=killed_at)
+        served.wait_stderr("tritonserver restarted", 300, after=noticed_at)
+        _wait(
+            lambda: any(o.error is None and o.started > killed_at for o in load.outcomes),
+            60,
+            "an answer after the restart",
+        )
+        back_at = min(o.ended for o in load.outcomes if o.error is None and o.started > killed_at)
+        leftovers = _leftovers(pid, stubs, regions)
+    finally:
+        hung = load.stop()
+    assert hung == 0
+    assert not any(leftovers.values()), leftovers
+    in_flight = [o for o in load.outcomes if o.started < killed_at < o.ended]
+    code = served.stop()
+    assert code == 0, served.stderr_text()
+    record(
+        "killed_server",
+        {
+            "kill_to_noticed_s": round(noticed_at - killed_at, 2),
+            "kill_to_first_answer_s": round(back_at - killed_at, 1),
+            "in_flight_at_kill": len(in_flight),
+            "errors_at_kill": sorted({(o.error or "")[:80] for o in in_flight if o.error}),
+            "old_processes_left": 0,
+            "old_regions_left": 0,
+            "exit_code_after_sigterm": code,
         },
     )
 
@@ -256,47 +317,6 @@ def _children(pid: int) -> list[int]:
     from blip2_triton.server.process_table import children
 
     return children(pid)
-
-
-@pytest.mark.server
-def test_killed_server_is_restarted(opt_build, tmp_path: Path) -> None:
-    """(e) kill -9 of tritonserver: service back, nothing of the old server left; a clean drain after."""
-    served = _serve(opt_build["repository"], tmp_path)
-    load = LoadGenerator(served.grpc_url, clients=2, max_tokens=20)
-    try:
-        pid, stubs, regions = _snapshot(served)
-        load.start()
-        _wait(lambda: sum(o.error is None for o in load.outcomes) >= 4, 120, "traffic before the kill")
-        killed_at = time.monotonic()
-        os.kill(pid, signal.SIGKILL)
-        noticed_at = served.wait_stderr("exited unexpectedly", 30, after=killed_at)
-        served.wait_stderr("tritonserver restarted", 300, after=noticed_at)
-        _wait(
-            lambda: any(o.error is None and o.started > killed_at for o in load.outcomes),
-            60,
-            "an answer after the restart",
-        )
-        back_at = min(o.ended for o in load.outcomes if o.error is None and o.started > killed_at)
-        leftovers = _leftovers(pid, stubs, regions)
-    finally:
-        hung = load.stop()
-    assert hung == 0
-    assert not any(leftovers.values()), leftovers
-    in_flight = [o for o in load.outcomes if o.started < killed_at < o.ended]
-    code = served.stop()
-    assert code == 0, served.stderr_text()
-    record(
-        "killed_server",
-        {
-            "kill_to_noticed_s": round(noticed_at - killed_at, 2),
-            "kill_to_first_answer_s": round(back_at - killed_at, 1),
-            "in_flight_at_kill": len(in_flight),
-            "errors_at_kill": sorted({(o.error or "")[:80] for o in in_flight if o.error}),
-            "old_processes_left": 0,
-            "old_regions_left": 0,
-            "exit_code_after_sigterm": code,
-        },
-    )
 
 
 @pytest.mark.server
