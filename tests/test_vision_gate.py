@@ -15,11 +15,15 @@ class Engine:
 
     def __init__(self, free: int) -> None:
         self.free = free
+        self.is_idle = True
         self.held = False
         self.events: list[str] = []
 
     def free_slots(self) -> int:
         return self.free
+
+    def idle(self) -> bool:
+        return self.is_idle
 
     def hold(self, max_s: float) -> None:
         self.held = True
@@ -131,3 +135,38 @@ def test_no_batch_waits_longer_than_max_wait_for_slow_preparation():
 def test_max_batch_must_be_positive():
     with pytest.raises(ValueError, match="max_batch"):
         VisionGate(Vision(Engine(1)), Engine(1), max_batch=0)
+
+
+def test_images_arriving_within_the_linger_go_together_and_expected_ones_are_waited_for():
+    async def main():
+        engine = Engine(free=8)
+        vision = Vision(engine)
+        gate = VisionGate(vision, engine, max_batch=8, max_wait_s=5, linger_s=0.03)
+        first = asyncio.ensure_future(gate.encode(_image(1.0)))
+        await asyncio.sleep(0.01)
+        gate.expect()  # accepted elsewhere (another thread in the server), not preprocessed yet
+        second = asyncio.ensure_future(gate.encode(_image(2.0)))
+        await asyncio.sleep(0.1)
+        assert not first.done()  # the expected image holds the batch
+        gate.prepared()
+        return gate, await first, await second
+
+    gate, first, second = asyncio.run(main())
+    assert (float(first[0, 0]), float(second[0, 0])) == (1.0, 2.0)
+    assert (gate.batches, gate.images) == (1, 2)
+
+
+def test_a_busy_engine_lets_images_gather_for_max_wait():
+    async def main():
+        engine = Engine(free=8)
+        engine.is_idle = False  # sequences are decoding: waiting costs the engine nothing
+        vision = Vision(engine)
+        gate = VisionGate(vision, engine, max_batch=8, max_wait_s=0.15, linger_s=0.001)
+        first = asyncio.ensure_future(gate.encode(_image(1.0)))
+        await asyncio.sleep(0.05)
+        second = asyncio.ensure_future(gate.encode(_image(2.0)))
+        await asyncio.gather(first, second)
+        return gate
+
+    gate = asyncio.run(main())
+    assert (gate.batches, gate.images) == (1, 2)

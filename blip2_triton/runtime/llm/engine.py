@@ -290,6 +290,11 @@ class InflightEngine:
         with self._lock:
             return max(0, self.limits.max_active - len(self._rows) - len(self._pending))
 
+    def idle(self) -> bool:
+        """Nothing generating and nothing waiting for a slot."""
+        with self._lock:
+            return not self._rows and not self._pending
+
     def hold(self, max_s: float) -> None:
         """Run no step (no prefill, no decode) until ``release`` or for at most ``max_s``: the
         vision stage has the cores meanwhile, and what it encodes then joins in one prefill."""

@@ -84,6 +84,10 @@ class Front:
             rows.append(FrontRow(image, prompt, settings, tuple(ids)))
         return rows
 
+    def expect(self, rows: list[FrontRow]) -> None:
+        """An accepted request's rows are coming to ``encode``: the vision gate waits for them."""
+        self.gate.expect(len(rows))
+
     async def encode(
         self,
         row: FrontRow,
@@ -92,8 +96,10 @@ class Front:
     ) -> np.ndarray:
         """The ``[Q, D]`` query embeddings of a row's image; a cancelled request stops before vision.
         ``mark(stage)`` is told when "preprocessed" and "encoded" end."""
-        async with self.gate.preparing():
+        try:  # the gate expected this image since the request was accepted (``expect``)
             pixel_values = await asyncio.to_thread(self.preprocessor, row.image)
+        finally:
+            self.gate.prepared()
         mark("preprocessed")
         if is_cancelled():
             raise ClientGoneError()

@@ -5,8 +5,9 @@ batches of two or three; each batch's embeddings then join the engine on their o
 the requests finish at different steps, so most decode steps run far fewer rows than there are
 slots, while vision batches compete with the decode steps for the same cores.
 
-A ``VisionGate`` holds each preprocessed image until nothing more is being preprocessed (or the
-batch is as large as the free generation slots, or the first image has waited ``max_wait_s``), then
+A ``VisionGate`` holds each preprocessed image until the batch is as large as the free generation
+slots, or the first image has waited ``max_wait_s``, or the engine is idle and nothing more is
+on its way (no image being preprocessed, none arrived for a little while), then
 sends the whole batch at once and holds the engine while it runs: the vision model gets the cores
 and one large batch, and what it returns joins the engine in one prefill. One batch at a time;
 each image is its own request to the vision model (whose dynamic batcher runs them together), so
@@ -18,6 +19,8 @@ Free of Triton glue: the vision call and the engine come in as callables.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -30,6 +33,7 @@ class HeldEngine(Protocol):
     """What the gate needs of the engine."""
 
     def free_slots(self) -> int: ...
+    def idle(self) -> bool: ...
     def hold(self, max_s: float) -> None: ...
     def release(self) -> None: ...
 
@@ -54,7 +58,8 @@ class VisionGate:
         *,
         max_batch: int,
         max_wait_s: float = 0.05,
-        poll_s: float = 0.002,
+        linger_s: float = 0.004,
+        poll_s: float = 0.001,
         max_hold_s: float = 10.0,
     ) -> None:
         if max_batch < 1:
@@ -63,7 +68,9 @@ class VisionGate:
         self._engine = engine
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
+        self.linger_s = linger_s
         self.poll_s = poll_s
+        self._count_lock = threading.Lock()
         self.max_hold_s = max_hold_s
         self._preparing = 0  # images being decoded and preprocessed: they will come soon
         self._waiting: list[_Waiting] = []
@@ -72,8 +79,20 @@ class VisionGate:
         self.batches = 0  # figures for tests and benchmarks
         self.images = 0
 
+    def expect(self, images: int = 1) -> None:
+        """``images`` are on their way (accepted, not preprocessed yet): the gate waits for them.
+        Each one is later ``prepared()``, whether it reaches ``encode`` or fails. Any thread."""
+        with self._count_lock:
+            self._preparing += images
+
+    def prepared(self) -> None:
+        """One expected image is preprocessed (or will never come)."""
+        with self._count_lock:
+            self._preparing = max(0, self._preparing - 1)
+
     def preparing(self) -> _Preparing:
-        """``async with gate.preparing():`` around an image's preprocessing: the gate waits for it."""
+        """``async with gate.preparing():`` around an image's preprocessing: ``expect`` on entry,
+        ``prepared`` on exit."""
         return _Preparing(self)
 
     async def encode(self, pixel_values: np.ndarray) -> np.ndarray:
@@ -93,6 +112,7 @@ class VisionGate:
             batch = await self._next_batch()
             if batch:
                 await self._send(batch)
+                await asyncio.sleep(0)  # the batch's callers submit, then ``_release``: then count
 
     async def _next_batch(self) -> list[_Waiting]:
         while True:
@@ -100,11 +120,22 @@ class VisionGate:
             if not self._waiting:
                 return []
             room = min(self.max_batch, self._engine.free_slots() - self._unsubmitted)
-            waited = time.monotonic() - self._waiting[0].since
-            if room > 0 and (not self._preparing or len(self._waiting) >= room or waited >= self.max_wait_s):
+            if room > 0 and self._ready(room):
                 batch, self._waiting = self._waiting[:room], self._waiting[room:]
                 return batch
             await asyncio.sleep(self.poll_s)
+
+    def _ready(self, room: int) -> bool:
+        """Whether the waiting images go now: they fill the room, or the first has waited
+        ``max_wait_s``, or (the engine idle) nothing is on its way and none came for a while: at
+        least ``linger_s``, twice the longest gap between the waiting images' arrivals."""
+        now = time.monotonic()
+        if len(self._waiting) >= room or now - self._waiting[0].since >= self.max_wait_s:
+            return True
+        arrivals = [w.since for w in self._waiting]
+        gaps = [later - earlier for earlier, later in itertools.pairwise(arrivals)]
+        linger = max(self.linger_s, 2 * max(gaps, default=0.0))
+        return not self._preparing and now - arrivals[-1] >= linger and self._engine.idle()
 
     async def _send(self, batch: list[_Waiting]) -> None:
         self._engine.hold(self.max_hold_s)
@@ -137,7 +168,7 @@ class _Preparing:
         self._gate = gate
 
     async def __aenter__(self) -> None:
-        self._gate._preparing += 1
+        self._gate.expect()
 
     async def __aexit__(self, *exc_info) -> None:
-        self._gate._preparing -= 1
+        self._gate.prepared()

@@ -103,6 +103,7 @@ class TritonPythonModel:
         holder.append(responder)
         self.relayed.add(request_id, responder)
         self.metrics.submitted(responder)
+        self.front.expect(rows)
         for index, row in enumerate(rows):
             self.loop.submit(self._generate(row, index, responder))
 
