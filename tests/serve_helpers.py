@@ -127,6 +127,11 @@ class ServeProcess:
                 self.stderr.append(line)
         return "".join(self.stderr)
 
+    def stderr_since(self, since: float) -> str:
+        """The stderr lines read at or after ``since`` (a shared serve logged earlier events too)."""
+        self.stderr_text()
+        return "".join(line for read_at, line in list(self.stderr_times) if read_at >= since)
+
     def tritonserver_pid(self) -> int:
         """PID of serve's tritonserver (serve's other child is its guardian)."""
         from blip2_triton.server.process_table import children

@@ -158,12 +158,6 @@ def served(opt_build, tmp_path_factory) -> ServeProcess:
         process.kill()
 
 
-def stderr_since(served: ServeProcess, since: float) -> str:
-    """serve's stderr lines read at or after ``since`` (a shared serve logged earlier recoveries too)."""
-    served.stderr_text()
-    return "".join(line for read_at, line in list(served.stderr_times) if read_at >= since)
-
-
 def _wait(predicate, timeout_s: float, what: str, explain=lambda: "") -> None:
     """Poll ``predicate`` until true; on timeout fail with ``explain()`` (what was still missing)."""
     deadline = time.monotonic() + timeout_s
@@ -205,7 +199,7 @@ def test_killed_stub_is_noticed_and_its_model_reloaded(served: ServeProcess, kin
                 # a reload; or, if the dead instance did not go within the stuck check's grace (a busy
                 # machine), a restart of tritonserver: both bring the model back
                 "'reloaded in' or 'restarted' logged": any(
-                    text in stderr_since(served, killed_at)
+                    text in served.stderr_since(killed_at)
                     for text in ("reloaded in", "tritonserver restarted")
                 ),
                 "4 answers after the kill": len(late) >= 4,
@@ -253,7 +247,7 @@ def test_killed_stub_is_noticed_and_its_model_reloaded(served: ServeProcess, kin
     assert all(o.started <= became_ready + 0.5 for o in failed), [
         o for o in failed if o.started > became_ready
     ]
-    recovered_by = "reload" if "reloaded in" in stderr_since(served, killed_at) else "restart"
+    recovered_by = "reload" if "reloaded in" in served.stderr_since(killed_at) else "restart"
     record_figure(
         f"stub_kill_{kind}",
         {

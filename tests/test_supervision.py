@@ -74,12 +74,6 @@ def recovering_serve(opt_build, tmp_path_factory):
         served.kill()
 
 
-def _stderr_since(served: ServeProcess, since: float) -> str:
-    """serve's stderr lines read at or after ``since`` (a shared serve logged earlier recoveries too)."""
-    served.stderr_text()
-    return "".join(line for read_at, line in list(served.stderr_times) if read_at >= since)
-
-
 def _snapshot(served: ServeProcess) -> tuple[int, list, set[str]]:
     """(tritonserver pid, its instance stubs, its /dev/shm regions) right now."""
     pid = served.tritonserver_pid()
@@ -139,7 +133,7 @@ def test_engine_stub_death_ends_requests_in_flight(recovering_serve: ServeProces
     new_pid, _, new_regions = _snapshot(served)
     _wait(lambda: all(region_mode(r) == 0o600 for r in server_regions(new_pid)), 10, "private regions")
     new_modes = sorted({oct(region_mode(r) or 0) for r in new_regions})
-    stderr = _stderr_since(served, killed_at)
+    stderr = served.stderr_since(killed_at)
     errors = [o for o in in_flight if o.error is not None]
     record(
         "engine_stub_kill",
