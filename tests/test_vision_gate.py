@@ -170,3 +170,23 @@ def test_a_busy_engine_lets_images_gather_for_max_wait():
 
     gate = asyncio.run(main())
     assert (gate.batches, gate.images) == (1, 2)
+
+
+def test_a_caller_whose_client_left_gives_its_place_up_while_it_waits_for_a_slot():
+    from blip2_triton.runtime.errors import ClientGoneError
+
+    async def main():
+        engine = Engine(free=0)  # every slot busy
+        vision = Vision(engine)
+        gate = VisionGate(vision, engine, max_batch=8, max_wait_s=5)
+        left = {"value": False}
+        waiting = asyncio.ensure_future(gate.encode(_image(1.0), lambda: left["value"]))
+        await asyncio.sleep(0.02)
+        assert not waiting.done()
+        left["value"] = True
+        with pytest.raises(ClientGoneError):
+            await asyncio.wait_for(waiting, 1.0)
+        return gate, vision
+
+    gate, vision = asyncio.run(main())
+    assert vision.calls == [] and gate.batches == 0

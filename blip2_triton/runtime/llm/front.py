@@ -103,6 +103,6 @@ class Front:
         mark("preprocessed")
         if is_cancelled():
             raise ClientGoneError()
-        query_embeds = await self.gate.encode(pixel_values)
+        query_embeds = await self.gate.encode(pixel_values, is_cancelled)
         mark("encoded")
         return query_embeds

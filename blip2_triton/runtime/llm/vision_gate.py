@@ -28,6 +28,8 @@ from typing import Protocol
 
 import numpy as np
 
+from ..errors import ClientGoneError
+
 
 class HeldEngine(Protocol):
     """What the gate needs of the engine."""
@@ -45,7 +47,14 @@ Encode = Callable[[np.ndarray], Awaitable[np.ndarray]]  # [1, 3, H, W] -> [1, Q,
 class _Waiting:
     pixel_values: np.ndarray
     result: asyncio.Future
+    is_cancelled: Callable[[], bool]
     since: float = field(default_factory=time.monotonic)
+
+    def gone(self) -> bool:
+        """The caller stopped waiting, or its client left (it gets ``ClientGoneError``)."""
+        if not self.result.done() and self.is_cancelled():
+            self.result.set_exception(ClientGoneError())
+        return self.result.done()
 
 
 class VisionGate:
@@ -95,9 +104,12 @@ class VisionGate:
         ``prepared`` on exit."""
         return _Preparing(self)
 
-    async def encode(self, pixel_values: np.ndarray) -> np.ndarray:
-        """``[Q, D]`` query embeddings of one ``[3, H, W]`` image, encoded in the gate's next batch."""
-        waiting = _Waiting(pixel_values, asyncio.get_running_loop().create_future())
+    async def encode(
+        self, pixel_values: np.ndarray, is_cancelled: Callable[[], bool] = lambda: False
+    ) -> np.ndarray:
+        """``[Q, D]`` query embeddings of one ``[3, H, W]`` image, encoded in the gate's next batch;
+        ``ClientGoneError`` once ``is_cancelled()`` while it waits (it then gives its place up)."""
+        waiting = _Waiting(pixel_values, asyncio.get_running_loop().create_future(), is_cancelled)
         self._waiting.append(waiting)
         self._wake()
         return await waiting.result
@@ -107,16 +119,26 @@ class VisionGate:
             self._runner = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
-        """Send batches until nothing waits; one batch in flight at a time."""
-        while self._waiting:
-            batch = await self._next_batch()
-            if batch:
-                await self._send(batch)
-                await asyncio.sleep(0)  # the batch's callers submit, then ``_release``: then count
+        """Send batches until nothing waits; one batch in flight at a time. Should this loop ever
+        fail, every waiting caller gets the error (none waits for a batch that never comes)."""
+        try:
+            while self._waiting:
+                batch = await self._next_batch()
+                if batch:
+                    await self._send(batch)
+                    await asyncio.sleep(0)  # the batch's callers submit, then ``_release``: then count
+        except BaseException as exc:
+            waiting, self._waiting = self._waiting, []
+            for w in waiting:
+                if not w.result.done():
+                    w.result.set_exception(
+                        exc if isinstance(exc, Exception) else RuntimeError("vision gate stopped")
+                    )
+            raise
 
     async def _next_batch(self) -> list[_Waiting]:
         while True:
-            self._waiting = [w for w in self._waiting if not w.result.done()]  # callers gone
+            self._waiting = [w for w in self._waiting if not w.gone()]
             if not self._waiting:
                 return []
             room = min(self.max_batch, self._engine.free_slots() - self._unsubmitted)
