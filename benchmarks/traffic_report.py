@@ -174,6 +174,13 @@ def headline(served: SystemResult, baseline: SystemResult) -> list[str]:
             lines.append(f"- Highest rate sustained with {wording}: {said}. Served / S: {verdict}")
         else:
             lines.append(f"- Highest rate sustained with {wording}: {said}.")
+    capacity = {s.name: max(x.throughput for x in s.summaries()) for s in (served, baseline)}
+    ratio = capacity[served.name] / capacity[baseline.name] if capacity[baseline.name] > 0 else math.inf
+    lines.append(
+        "- Most requests/s completed at any rate, whatever their latency: "
+        + ", ".join(f"{name} {number(value)}" for name, value in capacity.items())
+        + f"; served / S {ratio:.2f}x (context, not the target)."
+    )
     return lines
 
 

@@ -167,6 +167,11 @@ def test_bench_traffic_quick_reports_every_rate_and_kind(tmp_path: Path) -> None
         report,
         re.MULTILINE,
     )
+    assert re.search(
+        r"^- Most requests/s completed at any rate.*: served [\d.]+, S [\d.]+; served / S [\d.]+x",
+        report,
+        re.M,
+    )
     assert re.search(r"load average \(1/5/15 min\) [\d.]+ / [\d.]+ / [\d.]+", report)
     assert re.search(r"commit [0-9a-f]{7,}", report)
     assert re.search(r"The server counted (\d+) generated tokens .* ask for \1\.", report)
