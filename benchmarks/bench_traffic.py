@@ -48,7 +48,7 @@ from traffic_stats import Outcome, RateRun, unloaded_latency
 
 OUTPUT = ROOT / ".work" / "bench" / "traffic.md"
 QUICK_OUTPUT = ROOT / ".work" / "bench" / "traffic-quick.md"
-DEFAULT_RATES = (0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)
+DEFAULT_RATES = (0.2, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0)
 QUICK_RATES = (2.0, 8.0)
 QUICK_REQUESTS = 8
 QUICK_SHORTER = 5  # --quick divides every kind's lengths by 5
@@ -89,7 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--quick", action="store_true", help="smoke test: tiny model, rates 2,8, 8 requests each, lengths / 5"
     )
     parser.add_argument(
-        "--rates", type=_parse_rates, help="offered rates, requests/s (default 0.5,1,2,3,4,6,8; --quick 2,8)"
+        "--rates",
+        type=_parse_rates,
+        help="offered rates, requests/s (default 0.2,0.5,1,2,3,4,6; --quick 2,8)",
     )
     parser.add_argument("--requests", type=int, help="requests per rate (default 60; --quick 8)")
     parser.add_argument("--unloaded", type=int, help="unloaded requests per kind (default 5; --quick 1)")
