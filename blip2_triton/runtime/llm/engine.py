@@ -150,6 +150,7 @@ class InflightEngine:
         self.checker = PromptChecker(
             tokenizer, settings, context_length=context, max_sequence_tokens=limits.max_sequence_tokens
         )
+        self.stepper: OptStepper | T5Stepper
         if self.encoder_decoder:
             encoder_tokens = encoder_token_limit(tokenizer)
             self.stepper = T5Stepper(model, limits.max_active, limits.max_sequence_tokens, encoder_tokens)
@@ -390,7 +391,7 @@ class InflightEngine:
                 self._wake.wait(held)
             if self._stopping:
                 return False
-            admit = []
+            admit: list[tuple[GenerationRequest, RequestSink, list[int]]] = []
             while self._pending and len(self._rows) + len(admit) < self.limits.max_active:
                 admit.append(self._pending.popleft())
         self._drop_cancelled()
@@ -434,20 +435,21 @@ class InflightEngine:
             try:
                 input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
                 embeds = self._prompt_embeds(input_ids, request)
-                start = [self.stepper.start_token] if self.encoder_decoder else ids
-                sequence = self._new_sequence(request, sink, start)
-                if self.encoder_decoder:
+                if isinstance(self.stepper, T5Stepper):
+                    sequence = self._new_sequence(request, sink, [self.stepper.start_token])
                     self.stepper.admit(len(self._rows), embeds, torch.ones_like(input_ids))
                     sequence.next_token = self.stepper.start_token
                     self._rows.append(sequence)
-                elif not self._admit_from_prefix(sequence, embeds[0]):
+                    continue
+                sequence = self._new_sequence(request, sink, ids)
+                if not self._admit_from_prefix(sequence, embeds[0]):
                     joining.append((sequence, embeds[0]))
             except Exception as exc:  # one request failing must not stop the loop
                 self._fail(sink, exc)
         if joining:
             first = len(self._rows)
             try:
-                logits = self.stepper.prefill(first, [embeds for _, embeds in joining])
+                logits = self._opt.prefill(first, [embeds for _, embeds in joining])
             except Exception as exc:
                 for sequence, _ in joining:
                     self._fail(sequence.sink, exc)
@@ -458,6 +460,12 @@ class InflightEngine:
                 self._take(row, tokens[row])
         with self._lock:
             self._stats.prefills += len(admitted)
+
+    @property
+    def _opt(self) -> OptStepper:
+        """The stepper on the OPT-only paths (one prefill for many, the prefix cache)."""
+        assert isinstance(self.stepper, OptStepper)
+        return self.stepper
 
     def _admit_from_prefix(self, sequence: _Sequence, embeds) -> bool:
         """Admit an OPT sequence whose prompt starts like a cached one: its known positions are
@@ -475,7 +483,7 @@ class InflightEngine:
         if hit is None:
             return False
         row = len(self._rows)
-        logits = self.stepper.prefill_after(row, hit.keys, hit.values, embeds[hit.length :])
+        logits = self._opt.prefill_after(row, hit.keys, hit.values, embeds[hit.length :])
         self._rows.append(sequence)
         self._take(row, self._choose(logits, row)[row])
         return True
@@ -485,8 +493,8 @@ class InflightEngine:
         sequence = self._rows[row]
         if sequence.image is None:
             return
-        length = int(self.stepper.cache.lengths[row])
-        keys, values = self.stepper.slot_entries(row, length)
+        length = int(self._opt.cache.lengths[row])
+        keys, values = self._opt.slot_entries(row, length)
         self.prefix_cache.store(sequence.image, sequence.history[:length], keys, values)
 
     def _fail(self, sink: RequestSink, exc: BaseException) -> None:

@@ -143,12 +143,14 @@ class RowSink:
 def throttled(check: Callable[[], bool], interval_s: float = 0.01) -> Callable[[], bool]:
     """``check()`` at most every ``interval_s``, sticky once true (each call of Triton's
     ``is_cancelled`` is a round trip from the stub to the server)."""
-    state = {"at": 0.0, "value": False}
+    asked_at = 0.0
+    cancelled = False
 
     def checked() -> bool:
+        nonlocal asked_at, cancelled
         now = time.monotonic()
-        if not state["value"] and now - state["at"] >= interval_s:
-            state["at"], state["value"] = now, bool(check())
-        return state["value"]
+        if not cancelled and now - asked_at >= interval_s:
+            asked_at, cancelled = now, bool(check())
+        return cancelled
 
     return checked
