@@ -6,6 +6,7 @@ the table has every row, the figures are positive numbers, and the targets are r
 
 from __future__ import annotations
 
+import itertools
 import re
 import subprocess
 import sys
@@ -31,7 +32,12 @@ def _run(script: str, *args: str, timeout: float) -> subprocess.CompletedProcess
 
 def _table(markdown: str, key: str = "conc.") -> dict[tuple[str, str], dict[str, str]]:
     """The report's table: (system, ``key`` column) -> {column: cell}."""
-    lines = [ln for ln in markdown.splitlines() if ln.startswith("|")]
+    lines = list(
+        itertools.takewhile(
+            lambda ln: ln.startswith("|"),
+            itertools.dropwhile(lambda ln: not ln.startswith("|"), markdown.splitlines()),
+        )
+    )  # the first table only
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     rows = {}
     for line in lines[2:]:

@@ -174,7 +174,13 @@ def test_export_is_validated_relocatable_and_recorded(retrieval_build):
 
 
 def test_other_dtypes_are_refused_and_the_native_encoder_config_validates(retrieval_build, tmp_path):
-    from blip2_triton.export.configs import check_model_config, parse_config, render, template_dir
+    from blip2_triton.export.configs import (
+        check_model_config,
+        parse_config,
+        render,
+        template_dir,
+        tensor_values,
+    )
     from blip2_triton.export.errors import ExportError
     from blip2_triton.export.repository import ExportOptions, export_repository
 
@@ -196,6 +202,7 @@ def test_other_dtypes_are_refused_and_the_native_encoder_config_validates(retrie
         "vision_hidden": 1408,
         "encoder_instance_kind": "KIND_GPU",
     }
+    values.update(tensor_values("blip2_image_encoder", values))  # its tensor lines, from the contract
     config = parse_config(render(template.read_text(), values, source="encoder"), source="encoder")
     check_model_config(config, "blip2_image_encoder")
     assert config.backend == "onnxruntime" and list(config.output[1].dims) == [677, 1408]

@@ -237,7 +237,17 @@ def test_cli_registers_every_command() -> None:
     """The CLI imports its command modules explicitly: each one is there, none is skipped."""
     parser = cli.build_parser()
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    assert set(subparsers.choices) == {"serve", "export", "caption", "ask", "index", "search", "demo", "eval"}
+    assert set(subparsers.choices) == {
+        "serve",
+        "export",
+        "caption",
+        "ask",
+        "index",
+        "search",
+        "demo",
+        "eval",
+        "openai",
+    }
 
 
 def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
