@@ -206,20 +206,10 @@ class InflightEngine:
         result = loaded.get()
         if isinstance(result, BaseException):
             raise result
-        result._threads.append(thread)
-        result._start_thread(result._beam_loop, "blip2-beam-worker")
+        beam_worker = threading.Thread(target=result._beam_loop, name="blip2-beam-worker", daemon=True)
+        beam_worker.start()
+        result._threads += [thread, beam_worker]
         return result
-
-    def start(self) -> None:
-        """Start the decode loop and the beam worker (an engine built in this thread; ``launch``
-        is the faster way on CPU)."""
-        self._start_thread(self._loop, "blip2-decode-loop")
-        self._start_thread(self._beam_loop, "blip2-beam-worker")
-
-    def _start_thread(self, target, name: str) -> None:
-        thread = threading.Thread(target=target, name=name, daemon=True)
-        thread.start()
-        self._threads.append(thread)
 
     def reserve(self, rows: int) -> None:
         """Take ``rows`` requests that will be submitted once their images are encoded, or refuse

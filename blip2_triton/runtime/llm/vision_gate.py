@@ -79,8 +79,8 @@ class VisionGate:
         self.max_wait_s = max_wait_s
         self.linger_s = linger_s
         self.poll_s = poll_s
-        self._count_lock = threading.Lock()
         self.max_hold_s = max_hold_s
+        self._count_lock = threading.Lock()
         self._preparing = 0  # images being decoded and preprocessed: they will come soon
         self._waiting: list[_Waiting] = []
         self._unsubmitted = 0  # encoded by the last batch, not yet counted by ``free_slots``
@@ -98,11 +98,6 @@ class VisionGate:
         """One expected image is preprocessed (or will never come)."""
         with self._count_lock:
             self._preparing = max(0, self._preparing - 1)
-
-    def preparing(self) -> _Preparing:
-        """``async with gate.preparing():`` around an image's preprocessing: ``expect`` on entry,
-        ``prepared`` on exit."""
-        return _Preparing(self)
 
     async def encode(
         self, pixel_values: np.ndarray, is_cancelled: Callable[[], bool] = lambda: False
@@ -183,14 +178,3 @@ class VisionGate:
     def _release(self) -> None:
         self._unsubmitted = 0
         self._engine.release()
-
-
-class _Preparing:
-    def __init__(self, gate: VisionGate) -> None:
-        self._gate = gate
-
-    async def __aenter__(self) -> None:
-        self._gate.expect()
-
-    async def __aexit__(self, *exc_info) -> None:
-        self._gate.prepared()

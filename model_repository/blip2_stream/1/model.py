@@ -109,21 +109,22 @@ class TritonPythonModel:
 
     async def _generate(self, row, index: int, responder: RequestResponder) -> None:
         """Encode one row's image and hand it to the engine; a failure is that request's answer."""
-        submitted = False
         try:
             query_embeds = await self.front.encode(row, responder.cancelled, responder.mark)
-            if responder.cancelled():
-                self.engine.unreserve()
-                submitted = True
-                responder.sink(index).on_cancelled()
-                return
-            submitted = True  # submit uses the reservation up, even when it raises
-            self.engine.submit(row.request(query_embeds), responder.sink(index), reserved=True)
-            self.metrics.admitted(len(row.prompt_ids))
+            cancelled = responder.cancelled()
         except Exception as exc:
-            if not submitted:
-                self.engine.unreserve()
+            self.engine.unreserve()
             responder.fail(index, exc)  # the request's other rows see is_cancelled() and leave
+            return
+        try:
+            if cancelled:
+                self.engine.unreserve()
+                responder.sink(index).on_cancelled()
+            else:  # submit uses the reservation up, even when it raises
+                self.engine.submit(row.request(query_embeds), responder.sink(index), reserved=True)
+                self.metrics.admitted(len(row.prompt_ids))
+        except Exception as exc:
+            responder.fail(index, exc)
 
     def _sender(self, sender, request_id: str, holder: list, relayed: bool):
         def send(texts, error, final):
