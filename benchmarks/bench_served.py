@@ -15,7 +15,7 @@ import re
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -71,6 +71,25 @@ def parse_export_option(text: str) -> tuple[str, str]:
     if not sep or not name:
         raise argparse.ArgumentTypeError(f"bad export option {text!r}: use name=value")
     return name.replace("-", "_"), value
+
+
+def number_list(
+    name: str, cast: Callable[[str], float], example: str, rule: str, valid: Callable[[float], bool]
+):
+    """An argparse ``type`` for a comma-separated list (``--concurrency 1,16``, ``--rates 0.5,1``):
+    sorted, without repeats; ``valid`` must hold for every value (``rule`` says it in words)."""
+    import argparse
+
+    def parse(text: str) -> list:
+        try:
+            values = sorted({cast(p) for p in text.split(",") if p.strip()})
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"bad {name} {text!r}: use a list like {example}") from None
+        if not values or not valid(values[0]):
+            raise argparse.ArgumentTypeError(f"bad {name} {text!r}: {name} must be {rule}")
+        return values
+
+    return parse
 
 
 def export_options(concurrency: int, overrides: dict[str, str]) -> ExportOptions:

@@ -33,7 +33,15 @@ from pathlib import Path
 import bench_model
 from bench_inprocess import measure_in_process
 from bench_report import ROOT, Context, report
-from bench_served import UNARY_ROW, ServedPlan, export, export_options, measure_served, parse_export_option
+from bench_served import (
+    UNARY_ROW,
+    ServedPlan,
+    export,
+    export_options,
+    measure_served,
+    number_list,
+    parse_export_option,
+)
 from perf_tools import BenchmarkError
 
 from blip2_triton.fixtures import sample_images
@@ -52,16 +60,6 @@ def bench_images(count: int) -> list[Path]:
     return [samples[i % len(samples)] for i in range(count)]
 
 
-def _parse_levels(text: str) -> list[int]:
-    try:
-        levels = sorted({int(p) for p in text.split(",") if p.strip()})
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bad levels {text!r}: use a list like 1,4,16") from None
-    if not levels or levels[0] < 1:
-        raise argparse.ArgumentTypeError(f"bad levels {text!r}: levels must be >= 1")
-    return levels
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -71,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--images", type=int, default=16, help="images per pass (default 16)")
     parser.add_argument(
         "--concurrency",
-        type=_parse_levels,
+        type=number_list("levels", int, "1,4,16", ">= 1", lambda v: v >= 1),
         help="served levels (default 1,16,64: the targets' levels; --quick 1,4,16)",
     )
     parser.add_argument(

@@ -29,26 +29,16 @@ import time
 from pathlib import Path
 
 import bench_model
-import numpy as np
 from bench_report import ROOT, Context
 from bench_served import export, export_options, serving
+from traffic_plan import encoded_image
 
 TIMELINE = "timeline "
 
 
-def fresh_images(count: int, size: int, seed: int = 7) -> list[bytes]:
-    """``count`` distinct JPEGs (random blocks of colour): none of them is in any cache."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    images = []
-    for _ in range(count):
-        blocks = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
-        picture = Image.fromarray(blocks).resize((size, size), Image.NEAREST)
-        buffer = io.BytesIO()
-        picture.save(buffer, format="JPEG", quality=90)
-        images.append(buffer.getvalue())
-    return images
+def fresh_images(count: int, seed: int) -> list[bytes]:
+    """``count`` distinct JPEGs (bench-traffic's): none of them is in any cache."""
+    return [encoded_image(seed * 10_000 + i) for i in range(count)]
 
 
 def _median_ms(values: list[float]) -> float:
@@ -118,7 +108,7 @@ def served(repository: Path, images: list[bytes], tokens: int, work: Path) -> di
     log = work / "tritonserver.log"
     results: dict[str, dict[str, float]] = {}
     with serving(repository, log) as server, Blip2Client(server.grpc_url) as client:
-        warm = fresh_images(2, 224, seed=99)
+        warm = fresh_images(2, seed=99)
         client.caption(warm[0], min_tokens=tokens, max_tokens=tokens)
         list(client.stream_caption(warm[1], min_tokens=tokens, max_tokens=tokens))
         for mode in ("unary", "stream"):
@@ -242,12 +232,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="timeline-", dir=ROOT / ".work" / "bench") as tmp:
         work = Path(tmp)
         checkpoint = bench_model.build_checkpoint(work / "checkpoint", spec)
-        images = fresh_images(args.requests, spec.image_size)
+        images = fresh_images(args.requests, seed=7)
         print("== A in process", file=sys.stderr, flush=True)
         a = in_process(checkpoint, images, args.tokens)
         repository = export(checkpoint, work / "repository", export_options(16, {}), work / "export.log")
         print("== served", file=sys.stderr, flush=True)
-        s = served(repository, fresh_images(args.requests, spec.image_size, seed=11), args.tokens, work)
+        s = served(repository, fresh_images(args.requests, seed=11), args.tokens, work)
     context.load_after = os.getloadavg()
     text = (
         f"{context.header()}\n\nModel: {context.model}. {context.generation}.\n\n{table(a, s, args.tokens)}\n"

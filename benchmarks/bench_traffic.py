@@ -40,7 +40,7 @@ from typing import Protocol
 
 import bench_model
 from bench_report import ROOT, Context
-from bench_served import export, export_options, generated_tokens, parse_export_option, serving
+from bench_served import export, export_options, generated_tokens, number_list, parse_export_option, serving
 from perf_tools import BenchmarkError
 from traffic_plan import KINDS, Arrival, Kind, mix_description, poisson_schedule, shortened, unloaded_schedule
 from traffic_report import SystemResult, draw, report
@@ -73,16 +73,6 @@ class System(Protocol):
     def open_loop(self, rate: float, schedule: list[Arrival]) -> RateRun: ...
 
 
-def _parse_rates(text: str) -> list[float]:
-    try:
-        rates = sorted({float(p) for p in text.split(",") if p.strip()})
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bad rates {text!r}: use a list like 0.5,1,2") from None
-    if not rates or rates[0] <= 0:
-        raise argparse.ArgumentTypeError(f"bad rates {text!r}: rates must be > 0 requests/s")
-    return rates
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -90,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--rates",
-        type=_parse_rates,
+        type=number_list("rates", float, "0.5,1,2", "> 0 requests/s", lambda v: v > 0),
         help="offered rates, requests/s (default 0.2,0.5,1,2,3,4,6; --quick 2,8)",
     )
     parser.add_argument("--requests", type=int, help="requests per rate (default 60; --quick 8)")

@@ -38,6 +38,7 @@ import bench_model
 from bench_chat import chat_report, run_chat
 from bench_inprocess import FirstTokenClock
 from bench_report import ROOT, commit_description, machine_description, markdown, number, utc_now
+from bench_served import number_list
 
 LEVELS = (1, 8, 32, 64)
 HEADER = ("system", "active", "decode tok/s", "step ms", "step / floor", "TTFT p50 ms")
@@ -334,16 +335,6 @@ def device_description(device: str) -> str:
     return f"{machine_description()} (torch {torch.__version__}, {torch.get_num_threads()} threads)"
 
 
-def _levels(text: str) -> list[int]:
-    try:
-        levels = sorted({int(p) for p in text.split(",") if p.strip()})
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bad levels {text!r}: use a list like 1,8,32,64") from None
-    if not levels or levels[0] < 1:
-        raise argparse.ArgumentTypeError(f"bad levels {text!r}: levels must be >= 1")
-    return levels
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu (default cuda)")
@@ -357,7 +348,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=sorted(bench_model.TORCH_DTYPES), help="default fp16 on GPU")
     parser.add_argument("--tokens", type=int, help="new tokens per sequence (default 128; --small 16)")
     parser.add_argument(
-        "--levels", type=_levels, default=list(LEVELS), help="sequences decoding together (default 1,8,32,64)"
+        "--levels",
+        type=number_list("levels", int, "1,8,32,64", ">= 1", lambda v: v >= 1),
+        default=list(LEVELS),
+        help="sequences decoding together (default 1,8,32,64)",
     )
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per level at most")
     parser.add_argument(
