@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
@@ -11,12 +12,15 @@ from blip2_triton.runtime.llm.vision_gate import VisionGate
 
 
 class Engine:
-    """An engine's three gate hooks, recording what the gate asked."""
+    """An engine's gate hooks, recording what the gate asked. ``step_s``: a step is under way
+    when ``hold`` comes, and ends that long after."""
 
-    def __init__(self, free: int) -> None:
+    def __init__(self, free: int, step_s: float = 0.0) -> None:
         self.free = free
         self.is_idle = True
         self.held = False
+        self.step_ends = 0.0
+        self.step_s = step_s
         self.events: list[str] = []
 
     def free_slots(self) -> int:
@@ -27,7 +31,11 @@ class Engine:
 
     def hold(self, max_s: float) -> None:
         self.held = True
+        self.step_ends = time.monotonic() + self.step_s
         self.events.append("hold")
+
+    def paused(self) -> bool:
+        return time.monotonic() >= self.step_ends
 
     def release(self) -> None:
         self.held = False
@@ -35,23 +43,28 @@ class Engine:
 
 
 class Vision:
-    """A vision call that records each batch it saw while the engine was held."""
+    """A vision call that records each image it saw, whether the engine was held and paused then,
+    and the size of each request."""
 
     def __init__(self, engine: Engine, fail_on: float | None = None) -> None:
         self.engine = engine
         self.calls: list[float] = []
         self.held_during: list[bool] = []
+        self.paused_during: list[bool] = []
+        self.requests: list[int] = []
         self.fail_on = fail_on
 
     async def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        assert pixels.shape == (1, 3, 2, 2)
-        value = float(pixels[0, 0, 0, 0])
-        self.calls.append(value)
+        assert pixels.shape[1:] == (3, 2, 2)
+        values = [float(v) for v in pixels[:, 0, 0, 0]]
+        self.calls += values
+        self.requests.append(len(values))
         self.held_during.append(self.engine.held)
+        self.paused_during.append(self.engine.paused())
         await asyncio.sleep(0.01)
-        if value == self.fail_on:
-            raise RuntimeError(f"vision failed on {value}")
-        return np.full((1, 4, 8), value, dtype=np.float32)
+        if self.fail_on in values:
+            raise RuntimeError(f"vision failed on {self.fail_on}")
+        return np.stack([np.full((4, 8), v, dtype=np.float32) for v in values])
 
 
 def _image(value: float) -> np.ndarray:
@@ -107,11 +120,11 @@ def test_a_batch_is_no_larger_than_the_free_slots():
     assert (gate.batches, gate.images) == (3, 5)
 
 
-def test_a_failed_image_fails_only_its_own_caller():
+def test_per_image_a_failed_image_fails_only_its_own_caller():
     async def main():
         engine = Engine(free=8)
         vision = Vision(engine, fail_on=2.0)
-        gate = VisionGate(vision, engine, max_batch=8, max_wait_s=5)
+        gate = VisionGate(vision, engine, max_batch=8, max_wait_s=5, per_image=True)
         return await asyncio.gather(*(_request(gate, float(v), 0) for v in (1, 2, 3)), return_exceptions=True)
 
     first, second, third = asyncio.run(main())
@@ -119,11 +132,13 @@ def test_a_failed_image_fails_only_its_own_caller():
     assert isinstance(second, RuntimeError) and "2.0" in str(second)
 
 
-def test_no_batch_waits_longer_than_max_wait_for_slow_preparation():
+def test_no_batch_waits_longer_than_max_prepare_wait_for_slow_preparation():
     async def main():
         engine = Engine(free=8)
         vision = Vision(engine)
-        gate = VisionGate(vision, engine, max_batch=8, max_wait_s=0.02)
+        gate = VisionGate(
+            vision, engine, max_batch=8, max_wait_s=0.02, max_prepare_wait_s=0.02, busy_prepare_wait_s=0.02
+        )
         slow = asyncio.ensure_future(_request(gate, 2.0, 0.5))  # still preparing meanwhile
         await asyncio.sleep(0.01)
         first = await gate.encode(_image(1.0))
@@ -193,3 +208,60 @@ def test_a_caller_whose_client_left_gives_its_place_up_while_it_waits_for_a_slot
 
     gate, vision = asyncio.run(main())
     assert vision.calls == [] and gate.batches == 0
+
+
+def test_a_batch_goes_as_one_request_and_a_failure_fails_all_of_it():
+    async def main():
+        engine = Engine(free=8)
+        vision = Vision(engine)
+        gate = VisionGate(vision, engine, max_batch=8, max_wait_s=5)
+        results = await asyncio.gather(*(_request(gate, float(v), 0.001 * v) for v in range(1, 5)))
+        failing = Vision(engine, fail_on=2.0)
+        gate2 = VisionGate(failing, engine, max_batch=8, max_wait_s=5)
+        errors = await asyncio.gather(*(_request(gate2, float(v), 0) for v in (1, 2)), return_exceptions=True)
+        return vision, results, errors
+
+    vision, results, errors = asyncio.run(main())
+    assert vision.requests == [4] and [float(r[0, 0]) for r in results] == [1.0, 2.0, 3.0, 4.0]
+    assert all(isinstance(e, RuntimeError) for e in errors)
+
+
+def test_per_image_sends_one_request_per_image():
+    async def main():
+        engine = Engine(free=8)
+        vision = Vision(engine)
+        gate = VisionGate(vision, engine, max_batch=8, max_wait_s=5, per_image=True)
+        results = await asyncio.gather(*(_request(gate, float(v), 0.001 * v) for v in range(1, 4)))
+        return gate, vision, results
+
+    gate, vision, results = asyncio.run(main())
+    assert vision.requests == [1, 1, 1] and (gate.batches, gate.images) == (1, 3)
+    assert [float(r[0, 0]) for r in results] == [1.0, 2.0, 3.0]
+
+
+def test_an_idle_engine_waits_past_max_wait_for_images_being_preprocessed():
+    async def main():
+        engine = Engine(free=8)
+        vision = Vision(engine)
+        gate = VisionGate(vision, engine, max_batch=8, max_wait_s=0.01, max_prepare_wait_s=2.0)
+        first = asyncio.ensure_future(_request(gate, 1.0, 0))
+        slow = asyncio.ensure_future(_request(gate, 2.0, 0.2))  # preprocessed 20 max_waits later
+        await asyncio.gather(first, slow)
+        return gate
+
+    gate = asyncio.run(main())
+    assert (gate.batches, gate.images) == (1, 2)
+
+
+def test_vision_runs_only_once_the_step_under_way_has_ended():
+    async def main():
+        engine = Engine(free=8, step_s=0.1)
+        vision = Vision(engine)
+        gate = VisionGate(vision, engine, max_batch=8, max_wait_s=5)
+        started = time.monotonic()
+        await gate.encode(_image(1.0))
+        return vision, time.monotonic() - started
+
+    vision, took = asyncio.run(main())
+    assert vision.paused_during == [True] and vision.held_during == [True]
+    assert took >= 0.1

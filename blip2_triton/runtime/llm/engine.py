@@ -171,6 +171,7 @@ class InflightEngine:
         self._stopping = False
         self._reserved = 0  # requests accepted by ``reserve`` and not submitted yet
         self._held_until = 0.0  # monotonic time: no step runs before it unless ``release``d
+        self._stepping = False  # the loop is inside an iteration (admitting or decoding)
         self._threads: list[threading.Thread] = []
 
     @classmethod
@@ -292,6 +293,12 @@ class InflightEngine:
         with self._wake:
             self._held_until = max(self._held_until, time.monotonic() + max_s)
 
+    def paused(self) -> bool:
+        """No step is under way (the loop waits: idle, or ``hold``ing): after ``hold``, the vision
+        stage has the cores once this is true."""
+        with self._lock:
+            return not self._stepping
+
     def release(self) -> None:
         """End a ``hold``: steps run again (with whatever was submitted meanwhile)."""
         with self._wake:
@@ -384,11 +391,16 @@ class InflightEngine:
             admit: list[tuple[GenerationRequest, RequestSink, list[int]]] = []
             while self._pending and len(self._rows) + len(admit) < self.limits.max_active:
                 admit.append(self._pending.popleft())
-        self._drop_cancelled()
-        if admit:
-            self._admit(admit)
-        if self._rows:
-            self._decode_step()
+            self._stepping = True
+        try:
+            self._drop_cancelled()
+            if admit:
+                self._admit(admit)
+            if self._rows:
+                self._decode_step()
+        finally:
+            with self._lock:
+                self._stepping = False
         return True
 
     def _drop_cancelled(self) -> None:

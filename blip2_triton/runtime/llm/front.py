@@ -35,7 +35,7 @@ class FrontSteps(Protocol):
     """How a front reaches the vision model (Triton BLS in production)."""
 
     async def encode(self, pixel_values: np.ndarray) -> np.ndarray:
-        """``[1, 3, H, W]`` pixel values -> ``[1, Q, D]`` query embeddings."""
+        """``[N, 3, H, W]`` pixel values -> ``[N, Q, D]`` query embeddings."""
 
 
 @dataclass(frozen=True)
@@ -63,10 +63,13 @@ class Front:
         engine: HeldEngine,
         *,
         max_vision_batch: int,
+        vision_per_image: bool = False,
     ) -> None:
+        """``vision_per_image``: one vision request per image (the vision model's response cache
+        then answers each image it knows); else one request per batch."""
         self.preprocessor = preprocessor
         self.checker = checker
-        self.gate = VisionGate(steps.encode, engine, max_batch=max_vision_batch)
+        self.gate = VisionGate(steps.encode, engine, max_batch=max_vision_batch, per_image=vision_per_image)
 
     def parse(self, inputs: Mapping[str, np.ndarray | None]) -> list[FrontRow]:
         """The rows of one request, every one checked; the first bad one raises."""

@@ -6,12 +6,17 @@ the requests finish at different steps, so most decode steps run far fewer rows 
 slots, while vision batches compete with the decode steps for the same cores.
 
 A ``VisionGate`` holds each preprocessed image until the batch is as large as the free generation
-slots, or the first image has waited ``max_wait_s``, or the engine is idle and nothing more is
-on its way (no image being preprocessed, none arrived for a little while), then
-sends the whole batch at once and holds the engine while it runs: the vision model gets the cores
-and one large batch, and what it returns joins the engine in one prefill. One batch at a time;
-each image is its own request to the vision model (whose dynamic batcher runs them together), so
-its response cache still answers per image. A lone request goes through at once.
+slots, or the first image has waited ``max_wait_s``, or the engine is idle and nothing more is on
+its way (no image being preprocessed, none arrived for a little while), then sends the whole batch
+at once and holds the engine while it runs: the vision model gets the cores and one large batch,
+and what it returns joins the engine in one prefill. Images still being preprocessed are waited for
+(up to ``max_prepare_wait_s``; while the engine decodes, ``busy_prepare_wait_s``): a burst of
+requests then starts as one cohort instead of splitting into groups that decode apart from then on.
+The vision model runs only once the engine has stopped between two steps (``paused``): on a CPU the
+two would otherwise share the cores, each far slower. One batch at a time, sent as one request of
+many rows, or (``per_image``, when the vision model has a response cache) as one request per image
+that its dynamic batcher runs together, so that its cache answers per image. A lone request goes
+through at once.
 
 Free of Triton glue: the vision call and the engine come in as callables.
 """
@@ -37,10 +42,11 @@ class HeldEngine(Protocol):
     def free_slots(self) -> int: ...
     def idle(self) -> bool: ...
     def hold(self, max_s: float) -> None: ...
+    def paused(self) -> bool: ...
     def release(self) -> None: ...
 
 
-Encode = Callable[[np.ndarray], Awaitable[np.ndarray]]  # [1, 3, H, W] -> [1, Q, D]
+Encode = Callable[[np.ndarray], Awaitable[np.ndarray]]  # [N, 3, H, W] -> [N, Q, D]
 
 
 @dataclass
@@ -67,7 +73,10 @@ class VisionGate:
         *,
         max_batch: int,
         max_wait_s: float = 0.05,
+        max_prepare_wait_s: float = 0.5,
+        busy_prepare_wait_s: float = 0.15,
         linger_s: float = 0.004,
+        per_image: bool = False,
         poll_s: float = 0.001,
         max_hold_s: float = 10.0,
     ) -> None:
@@ -77,7 +86,10 @@ class VisionGate:
         self._engine = engine
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
+        self.max_prepare_wait_s = max_prepare_wait_s
+        self.busy_prepare_wait_s = busy_prepare_wait_s
         self.linger_s = linger_s
+        self.per_image = per_image
         self.poll_s = poll_s
         self.max_hold_s = max_hold_s
         self._count_lock = threading.Lock()
@@ -143,37 +155,60 @@ class VisionGate:
             await asyncio.sleep(self.poll_s)
 
     def _ready(self, room: int) -> bool:
-        """Whether the waiting images go now: they fill the room, or the first has waited
-        ``max_wait_s``, or (the engine idle) nothing is on its way and none came for a while: at
+        """Whether the waiting images go now: they fill the room; or no image that would fit is
+        being preprocessed (waited for at most ``max_prepare_wait_s``, ``busy_prepare_wait_s``
+        while the engine decodes, since their own wait then delays the waiting ones) and either
+        the first has waited ``max_wait_s`` or the engine is idle and none came for a while: at
         least ``linger_s``, twice the longest gap between the waiting images' arrivals."""
         now = time.monotonic()
-        if len(self._waiting) >= room or now - self._waiting[0].since >= self.max_wait_s:
+        if len(self._waiting) >= room:
+            return True
+        waited = now - self._waiting[0].since
+        idle = self._engine.idle()
+        bound = self.max_prepare_wait_s if idle else self.busy_prepare_wait_s
+        if self._preparing and len(self._waiting) + self._preparing <= room and waited < bound:
+            return False  # more of the burst is being preprocessed: it starts with these
+        if waited >= self.max_wait_s:
             return True
         arrivals = [w.since for w in self._waiting]
         gaps = [later - earlier for earlier, later in itertools.pairwise(arrivals)]
         linger = max(self.linger_s, 2 * max(gaps, default=0.0))
-        return not self._preparing and now - arrivals[-1] >= linger and self._engine.idle()
+        return not self._preparing and now - arrivals[-1] >= linger and idle
 
     async def _send(self, batch: list[_Waiting]) -> None:
         self._engine.hold(self.max_hold_s)
         self._unsubmitted = len(batch)
         try:
-            results = await asyncio.gather(
-                *(self._encode(w.pixel_values[None]) for w in batch), return_exceptions=True
-            )
+            deadline = time.monotonic() + self.max_hold_s
+            while not self._engine.paused() and time.monotonic() < deadline:
+                await asyncio.sleep(self.poll_s)  # the step under way ends first
+            results = await self._encode_batch([w.pixel_values for w in batch])
             for waiting, result in zip(batch, results, strict=True):
                 if waiting.result.done():
                     continue
                 if isinstance(result, BaseException):
                     waiting.result.set_exception(result)
                 else:
-                    waiting.result.set_result(result[0])
+                    waiting.result.set_result(result)
             self.batches += 1
             self.images += len(batch)
         finally:
             # After the callers' own continuations (scheduled by set_result above) have handed
             # their requests to the engine: they then start in one prefill.
             asyncio.get_running_loop().call_soon(self._release)
+
+    async def _encode_batch(self, images: list[np.ndarray]) -> list[np.ndarray | BaseException]:
+        """Each image's ``[Q, D]`` embeddings, or the error of its request to the vision model."""
+        if self.per_image:
+            answers = await asyncio.gather(
+                *(self._encode(image[None]) for image in images), return_exceptions=True
+            )
+            return [a if isinstance(a, BaseException) else a[0] for a in answers]
+        try:
+            joined = await self._encode(np.stack(images))
+        except Exception as exc:  # the one request failed: every image of it fails
+            return [exc] * len(images)
+        return list(joined)
 
     def _release(self) -> None:
         self._unsubmitted = 0

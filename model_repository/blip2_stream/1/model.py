@@ -38,6 +38,9 @@ from blip2_runtime.triton.responses import (
 )
 from blip2_runtime.vision.preprocess import ImagePreprocessor
 
+CANCEL_CHECK_S = 0.01  # how often a client's cancel flag is asked (each a round trip to the server)
+RELAYED_CANCEL_CHECK_S = 0.5
+
 
 class TritonPythonModel:
     def initialize(self, args):
@@ -60,6 +63,8 @@ class TritonPythonModel:
             BlsVision(),
             self.engine,
             max_vision_batch=max(1, int(config.get("max_batch_size", 1))),
+            # blip2_vision's response cache answers per request: with it on, each image goes alone.
+            vision_per_image=model_parameter(config, "vision_cache") == "true",
         )
         self.metrics = EngineMetrics(config["name"], self.engine)
         self.drain_timeout_s = float(model_parameter(config, "drain_timeout_s", "600"))
@@ -93,12 +98,21 @@ class TritonPythonModel:
             self.metrics.errored(exc)
             sender.send(error_response(exc, self.logger, tag=relayed), flags=FINAL)
             return
+        if relayed:
+            # An empty first response ends the relay's BLS call in tritonserver, which holds one of
+            # the python backend's 32 pool threads per call until the callee's first response:
+            # otherwise at most 32 relayed requests reach the engine at once.
+            sender.send(output_response({}), flags=0)
         holder: list[RequestResponder] = []
         responder = RequestResponder(
             len(rows),
             stream=stream,
             send=self._sender(sender, request_id, holder, relayed),
-            client_cancelled=throttled(sender.is_cancelled),
+            # A relayed request's client is watched by the relay, which sends a cancel: its own
+            # flag (a round trip to the server each time) is asked seldom, as a safety net only.
+            client_cancelled=throttled(
+                sender.is_cancelled, RELAYED_CANCEL_CHECK_S if relayed else CANCEL_CHECK_S
+            ),
         )
         holder.append(responder)
         self.relayed.add(request_id, responder)
