@@ -302,3 +302,32 @@ def test_the_prefix_cache_serves_chat_turns_and_second_questions_exactly(family_
     assert stats["prefix_hits"] == 5 and stats["prefix_misses"] == 1
     num_query_tokens = query.shape[0]
     assert stats["prefix_tokens_saved"] > 5 * num_query_tokens  # more than the image tokens alone
+
+
+def test_a_hold_pauses_the_engine_after_the_step_under_way_and_release_resumes_it(family_build):
+    """``hold`` lets the step under way end, then ``paused`` is true and no step runs (the count
+    of generated tokens stands still) until ``release``; the request then finishes as usual."""
+    _, folder, reference = family_build
+    query = reference.query_embeds(_images(1)[0])
+    engine = _engine(folder, max_active=1)
+    try:
+        assert engine.paused()  # idle: nothing under way
+        sink = Sink()
+        engine.submit(
+            GenerationRequest(query, "", parse_settings({"max_tokens": 60, "min_tokens": 60})), sink
+        )
+        deadline = time.monotonic() + 30
+        while engine.stats()["generated_tokens"] < 3 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        engine.hold(30.0)
+        while not engine.paused() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        held_at = engine.stats()["generated_tokens"]
+        time.sleep(0.3)
+        still = engine.stats()["generated_tokens"]
+        engine.release()
+        assert sink.done.wait(60)
+    finally:
+        engine.close(drain_timeout_s=5)
+    assert 3 <= held_at == still < 60
+    assert sink.text is not None and len(sink.pieces) >= 1

@@ -265,3 +265,21 @@ def test_vision_runs_only_once_the_step_under_way_has_ended():
     vision, took = asyncio.run(main())
     assert vision.paused_during == [True] and vision.held_during == [True]
     assert took >= 0.1
+
+
+def test_a_busy_engine_waits_for_images_being_preprocessed_only_up_to_busy_prepare_wait():
+    async def main():
+        engine = Engine(free=8)
+        engine.is_idle = False
+        vision = Vision(engine)
+        gate = VisionGate(
+            vision, engine, max_batch=8, max_wait_s=0.01, max_prepare_wait_s=5, busy_prepare_wait_s=0.1
+        )
+        first = asyncio.ensure_future(_request(gate, 1.0, 0))
+        soon = asyncio.ensure_future(_request(gate, 2.0, 0.05))  # within busy_prepare_wait: joins
+        late = asyncio.ensure_future(_request(gate, 3.0, 0.4))  # past it: the next batch
+        await asyncio.gather(first, soon, late)
+        return vision
+
+    vision = asyncio.run(main())
+    assert vision.requests == [2, 1] and vision.calls == [1.0, 2.0, 3.0]

@@ -56,6 +56,35 @@ def response_cache_args(model_repository: Path) -> list[str]:
     return [f"--cache-config=local,size={size}"] if size > 0 else []
 
 
+# The python backend runs each Python model instance's BLS calls on a pool of its own (32 threads
+# by default) and holds a thread per call until the callee's first response: the relay ``blip2``
+# holds one per request it passes to the engine model, which answers once, at the end. Sized to the
+# requests the engine takes (slots + wait queue), so that no request waits for a pool thread.
+THREAD_POOL_MARGIN = 16
+DEFAULT_THREAD_POOL = 32
+ENGINE_CONFIG = Path("blip2_stream") / "config.pbtxt"
+
+
+def python_backend_args(model_repository: Path, extra_args: Sequence[str] = ()) -> list[str]:
+    """``--backend-config=python,thread-pool-size=N`` for a repository with the engine model (N =
+    its slots + wait queue + a margin, at least the default 32); none when the operator set it."""
+    if any("thread-pool-size" in arg for arg in extra_args):
+        return []
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    config = model_config_pb2.ModelConfig()
+    try:
+        text_format.Parse((model_repository / ENGINE_CONFIG).read_text(), config)
+        taken = sum(
+            int(config.parameters[k].string_value) for k in ("max_active_sequences", "max_queued_requests")
+        )
+    except (OSError, text_format.ParseError, ValueError):
+        return []  # no engine model here (or not ours): Triton's default
+    size = max(DEFAULT_THREAD_POOL, taken + THREAD_POOL_MARGIN)
+    return [f"--backend-config=python,thread-pool-size={size}"]
+
+
 def _server_preexec(parent_pid: int, libc: ctypes.CDLL) -> None:
     """preexec_fn: SIGKILL the server when the thread that started it exits; umask 077."""
     os.umask(SERVER_UMASK)
@@ -239,6 +268,7 @@ class TritonServer:
             *exit_timeout,
             f"--log-verbose={self.log_verbose}",
             *response_cache_args(self.model_repository),
+            *python_backend_args(self.model_repository, self.extra_args),
             *self.extra_args,
         ]
 

@@ -3,8 +3,9 @@
 It holds the in-flight generation engine and answers every generation request itself: a client's
 stream (one response per new piece of text, then a final flag) and what the unary front `blip2`
 relays (input `stream` false: one response with the whole text; `cancel` true: cancel the relayed
-request with the same id). The engine sends to the client's own response sender and polls the
-client's cancel flag, so every cancel (gRPC cancel, closed stream, passed deadline) reaches it
+request with the same id). The engine's answers go to the client's own response sender, sent from a
+thread of their own (``SendThread``: the decode thread never waits for a send), and the engine polls
+the client's cancel flag, so every cancel (gRPC cancel, closed stream, passed deadline) reaches it
 without a second Triton request. The logic is in blip2_runtime.llm (front, engine, responder,
 relayed); this file only adapts Triton's requests and responses.
 """
@@ -24,6 +25,7 @@ from blip2_runtime.llm.engine import EngineLimits, InflightEngine
 from blip2_runtime.llm.front import Front
 from blip2_runtime.llm.relayed import RelayedRequests
 from blip2_runtime.llm.responder import RequestResponder, throttled
+from blip2_runtime.llm.send_thread import SendThread
 from blip2_runtime.triton.bls import BlsVision
 from blip2_runtime.triton.loop import BackgroundLoop
 from blip2_runtime.triton.metrics import EngineMetrics
@@ -69,6 +71,8 @@ class TritonPythonModel:
         self.metrics = EngineMetrics(config["name"], self.engine)
         self.drain_timeout_s = float(model_parameter(config, "drain_timeout_s", "600"))
         self.relayed = RelayedRequests()
+        # Every response to an accepted request is sent from here, never from the decode thread.
+        self.responses = SendThread()
         # BLIP2_TRITON_TIMELINE=1 in the server's environment: one log line per request with the
         # end of each stage (benchmarks/bench_timeline.py reads them).
         self.log_timeline = os.environ.get("BLIP2_TRITON_TIMELINE", "") == "1"
@@ -98,11 +102,6 @@ class TritonPythonModel:
             self.metrics.errored(exc)
             sender.send(error_response(exc, self.logger, tag=relayed), flags=FINAL)
             return
-        if relayed:
-            # An empty first response ends the relay's BLS call in tritonserver, which holds one of
-            # the python backend's 32 pool threads per call until the callee's first response:
-            # otherwise at most 32 relayed requests reach the engine at once.
-            sender.send(output_response({}), flags=0)
         holder: list[RequestResponder] = []
         responder = RequestResponder(
             len(rows),
@@ -158,12 +157,14 @@ class TritonPythonModel:
                 stages = " ".join(f"{name}={ms}" for name, ms in holder[0].timeline_ms().items())
                 self.logger.info(f"timeline {stages}")
 
-        return send
+        return self.responses.wrap(send)
 
     def finalize(self):
         cut = self.engine.close(drain_timeout_s=self.drain_timeout_s)
         if cut:
             self.logger.error(f"shutdown cut off {cut} request(s) still generating")
+        if not self.responses.close():
+            self.logger.error("shutdown: responses still being sent after 30 s")
         self.metrics.close()
         self.loop.close()
 
