@@ -172,6 +172,7 @@ class InflightEngine:
         self._reserved = 0  # requests accepted by ``reserve`` and not submitted yet
         self._held_until = 0.0  # monotonic time: no step runs before it unless ``release``d
         self._stepping = False  # the loop is inside an iteration (admitting or decoding)
+        self._admitting = 0  # requests taken off the wait queue, not in a slot yet
         self._threads: list[threading.Thread] = []
 
     @classmethod
@@ -280,12 +281,12 @@ class InflightEngine:
     def free_slots(self) -> int:
         """Slots no active or waiting request will take: how many new requests can start at once."""
         with self._lock:
-            return max(0, self.limits.max_active - len(self._rows) - len(self._pending))
+            return max(0, self.limits.max_active - len(self._rows) - len(self._pending) - self._admitting)
 
     def idle(self) -> bool:
         """Nothing generating and nothing waiting for a slot."""
         with self._lock:
-            return not self._rows and not self._pending
+            return not self._rows and not self._pending and not self._admitting
 
     def hold(self, max_s: float) -> None:
         """Run no step (no prefill, no decode) until ``release`` or for at most ``max_s``: the
@@ -317,6 +318,7 @@ class InflightEngine:
                 busy = (
                     len(self._rows)
                     + len(self._pending)
+                    + self._admitting
                     + self._beams.qsize()
                     + self._stats.beam_busy
                     + self._reserved
@@ -392,15 +394,19 @@ class InflightEngine:
             while self._pending and len(self._rows) + len(admit) < self.limits.max_active:
                 admit.append(self._pending.popleft())
             self._stepping = True
+            self._admitting = len(admit)
         try:
             self._drop_cancelled()
             if admit:
                 self._admit(admit)
+                with self._lock:
+                    self._admitting = 0
             if self._rows:
                 self._decode_step()
         finally:
             with self._lock:
                 self._stepping = False
+                self._admitting = 0
         return True
 
     def _drop_cancelled(self) -> None:
