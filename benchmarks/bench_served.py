@@ -96,8 +96,9 @@ def export_options(concurrency: int, overrides: dict[str, str]) -> ExportOptions
     """``ExportOptions`` for a fair comparison at ``concurrency``, then ``overrides`` (field -> text).
 
     Batches and generation slots hold ``concurrency`` requests, as B's batch holds every image; the
-    vision cache is off, since the images repeat and A and B encode every one of them (pass
-    ``vision_cache_mb=64`` to see what the cache saves).
+    vision cache and the prefix cache are off, since the images repeat and A and B encode and
+    prefill every one of them (pass ``vision_cache_mb=64`` or ``prefix_cache_mb=128`` to see what
+    the caches do).
     """
     from blip2_triton.export.repository import ExportOptions
 
@@ -106,6 +107,7 @@ def export_options(concurrency: int, overrides: dict[str, str]) -> ExportOptions
         "max_batch_size": concurrency,
         "max_active_sequences": concurrency,
         "vision_cache_mb": 0,
+        "prefix_cache_mb": 0,
     }
     known = {f.name for f in dataclasses.fields(ExportOptions)}
     for name, text in overrides.items():

@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="NAME=VALUE",
         help="an ExportOptions field for the served repository (repeatable); max_batch_size and "
-        "max_active_sequences default to the highest level, vision_cache_mb to 0 (the images repeat)",
+        "max_active_sequences default to the highest level, vision_cache_mb and prefix_cache_mb to 0 (the images repeat)",
     )
     parser.add_argument("--output", type=Path, help=f"Markdown report (default {OUTPUT.relative_to(ROOT)})")
     parser.add_argument("--keep", action="store_true", help="keep the checkpoint, export and logs")
