@@ -304,6 +304,80 @@ def test_the_prefix_cache_serves_chat_turns_and_second_questions_exactly(family_
     assert stats["prefix_tokens_saved"] > 5 * num_query_tokens  # more than the image tokens alone
 
 
+def test_prefix_hits_that_arrive_together_are_admitted_in_one_pass_exactly(family_build):
+    """OPT, prefix cache on: after one request per image, six follow-up questions of different
+    lengths about three images (all prefix hits) are released to the engine at once and admitted in
+    one pass; every text still equals transformers' for that request alone."""
+    family, folder, reference = family_build
+    if family == "t5":
+        pytest.skip("Flan-T5's engine has no prefix cache")
+    images = _images(3)
+    queries = [reference.query_embeds(image) for image in images]
+    settings = {"max_tokens": 5}
+    first = "Question: what is it? Answer:"
+    follow_ups = ["Question: what is it? Answer: a", "Question: what colour is it? Answer:"]
+    engine = _engine(folder, max_active=8, prefix_cache_bytes=64 * 2**20)
+    try:
+        for query in queries:
+            sink = Sink()
+            engine.submit(GenerationRequest(query, first, parse_settings(settings)), sink)
+            assert sink.done.wait(60) and sink.error is None, sink.error
+        before = engine.stats()
+        engine.hold(30.0)  # all six wait, then join in one admission
+        sinks = []
+        for query in queries:
+            for prompt in follow_ups:
+                sink = Sink()
+                engine.submit(GenerationRequest(query, prompt, parse_settings(settings)), sink)
+                sinks.append((sink, prompt))
+        engine.release()
+        for sink, _ in sinks:
+            assert sink.done.wait(60) and sink.error is None, sink.error
+        after = engine.stats()
+    finally:
+        engine.close(drain_timeout_s=5)
+    expected = [reference.text(image, prompt, settings) for image in images for prompt in follow_ups]
+    assert [sink.text for sink, _ in sinks] == expected
+    assert after["prefix_hits"] - before["prefix_hits"] == 6
+
+
+def test_a_batched_resume_computes_what_each_resume_computes_alone(family_build):
+    """OptStepper.prefill_after over entries of different known and new lengths, in one pass, gives
+    each entry's logits and cache columns as a pass of that entry alone does."""
+    family, folder, _ = family_build
+    if family == "t5":
+        pytest.skip("OPT only")
+    from blip2_triton.runtime.llm.checkpoint import load_language_model
+    from blip2_triton.runtime.llm.opt_stepper import OptStepper
+
+    model, _, _ = load_language_model(folder, "cpu")
+    stepper = OptStepper(model, 8, 128)
+    generator = torch.Generator().manual_seed(0)
+    shape = stepper.cache.keys.shape  # [layers, slots, heads, tokens, head_dim]
+    hidden = model.get_input_embeddings().embedding_dim
+    entries = [
+        (
+            torch.randn(shape[0], shape[2], known, shape[4], generator=generator),
+            torch.randn(shape[0], shape[2], known, shape[4], generator=generator),
+            torch.randn(new, hidden, generator=generator) * 0.1,
+        )
+        for known, new in ((5, 1), (12, 4), (1, 7), (30, 2))
+    ]
+    with torch.inference_mode():
+        alone = [stepper.prefill_after(0, [entry])[0] for entry in entries]
+        alone_keys = []
+        for entry in entries:
+            stepper.prefill_after(0, [entry])
+            alone_keys.append(stepper.cache.keys[:, 0, :, : entry[0].shape[2] + entry[2].shape[0]].clone())
+        together = stepper.prefill_after(2, entries)
+    for row, (logits, keys) in enumerate(zip(alone, alone_keys, strict=True)):
+        torch.testing.assert_close(together[row], logits, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            stepper.cache.keys[:, 2 + row, :, : keys.shape[2]], keys, rtol=1e-4, atol=1e-4
+        )
+        assert int(stepper.cache.lengths[2 + row]) == keys.shape[2]
+
+
 def test_a_hold_pauses_the_engine_after_the_step_under_way_and_release_resumes_it(family_build):
     """``hold`` lets the step under way end, then ``paused`` is true and no step runs (the count
     of generated tokens stands still) until ``release``; the request then finishes as usual."""

@@ -40,7 +40,7 @@ from .beam_search import BeamSearch
 from .checkpoint import GenerationRequest, LlmSettings, context_length, load_language_model
 from .detokenizer import Detokenizer
 from .opt_stepper import OptStepper
-from .prefix_cache import PrefixCache, image_key
+from .prefix_cache import PrefixCache, PrefixHit, image_key
 from .prompt_check import PromptChecker, encoder_token_limit
 from .t5_stepper import T5Stepper
 from .token_choice import TokenChoice
@@ -430,10 +430,12 @@ class InflightEngine:
         return _Sequence(request, sink, choice, Detokenizer(self.tokenizer), list(start_ids))
 
     def _admit(self, admitted: list) -> None:
-        """Put waiting requests into free slots: one OPT prefill pass for all of them, or a T5
-        encoder pass each. A request that fails alone gets its error; the others go on."""
+        """Put waiting requests into free slots: one OPT prefill pass for all of them (one more for
+        those whose prompt starts like a cached one: only their new positions), or a T5 encoder pass
+        each. A request that fails alone gets its error; the others go on."""
         torch = self._torch
         joining = []
+        resuming: list[tuple[_Sequence, PrefixHit, object]] = []
         for request, sink, ids in admitted:
             if sink.is_cancelled():
                 with self._lock:
@@ -450,24 +452,35 @@ class InflightEngine:
                     self._rows.append(sequence)
                     continue
                 sequence = self._new_sequence(request, sink, ids)
-                if not self._admit_from_prefix(sequence, embeds[0]):
+                hit = self._prefix_hit(sequence)
+                if hit is None:
                     joining.append((sequence, embeds[0]))
+                else:
+                    resuming.append((sequence, hit, embeds[0][hit.length :]))
             except Exception as exc:  # one request failing must not stop the loop
                 self._fail(sink, exc)
+        if resuming:
+            entries = [(hit.keys, hit.values, new) for _, hit, new in resuming]
+            self._join([sequence for sequence, _, _ in resuming], self._opt.prefill_after, entries)
         if joining:
-            first = len(self._rows)
-            try:
-                logits = self._opt.prefill(first, [embeds for _, embeds in joining])
-            except Exception as exc:
-                for sequence, _ in joining:
-                    self._fail(sequence.sink, exc)
-                return
-            self._rows.extend(sequence for sequence, _ in joining)
-            tokens = self._choose(logits, first)
-            for row in reversed(range(first, len(self._rows))):
-                self._take(row, tokens[row])
+            self._join([sequence for sequence, _ in joining], self._opt.prefill, [e for _, e in joining])
         with self._lock:
             self._stats.prefills += len(admitted)
+
+    def _join(self, sequences: list[_Sequence], prefill, inputs: list) -> None:
+        """Prefill ``sequences`` into the next free slots in one pass (``prefill(first_slot,
+        inputs)`` -> their last positions' logits), then take each one's first token."""
+        first = len(self._rows)
+        try:
+            logits = prefill(first, inputs)
+        except Exception as exc:
+            for sequence in sequences:
+                self._fail(sequence.sink, exc)
+            return
+        self._rows.extend(sequences)
+        tokens = self._choose(logits, first)
+        for row in reversed(range(first, len(self._rows))):
+            self._take(row, tokens[row])
 
     @property
     def _opt(self) -> OptStepper:
@@ -475,11 +488,11 @@ class InflightEngine:
         assert isinstance(self.stepper, OptStepper)
         return self.stepper
 
-    def _admit_from_prefix(self, sequence: _Sequence, embeds) -> bool:
-        """Admit an OPT sequence whose prompt starts like a cached one: its known positions are
-        copied, only the rest is computed. False when the cache is off or has nothing for it."""
+    def _prefix_hit(self, sequence: _Sequence) -> PrefixHit | None:
+        """The cached keys and values of the longest known start of an OPT sequence's prompt (its
+        image and tokens), counted as a hit or a miss; None when the cache is off or has nothing."""
         if not self.prefix_cache.enabled:
-            return False
+            return None
         sequence.image = image_key(np.asarray(sequence.request.query_embeds))
         hit = self.prefix_cache.lookup(sequence.image, sequence.history)
         with self._lock:
@@ -488,13 +501,7 @@ class InflightEngine:
             else:
                 self._stats.prefix_hits += 1
                 self._stats.prefix_tokens_saved += hit.length
-        if hit is None:
-            return False
-        row = len(self._rows)
-        logits = self._opt.prefill_after(row, hit.keys, hit.values, embeds[hit.length :])
-        self._rows.append(sequence)
-        self._take(row, self._choose(logits, row)[row])
-        return True
+        return hit
 
     def _keep_prefix(self, row: int) -> None:
         """Keep a finished OPT sequence's keys and values (prompt and answer) for later requests."""

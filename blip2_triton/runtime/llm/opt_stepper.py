@@ -112,36 +112,57 @@ class OptStepper:
         last = torch.tensor([length - 1 for length in lengths], device=embeds.device)
         return self._logits(hidden[torch.arange(len(prompts), device=embeds.device), last])
 
-    def prefill_after(
-        self, slot: int, prefix_keys: torch.Tensor, prefix_values: torch.Tensor, new: torch.Tensor
-    ):
-        """A new sequence whose first ``m`` positions are known (``prefix_keys``/``prefix_values``,
-        ``[layers, heads, m, head_dim]``, from the prefix cache): they go into ``slot`` as they are,
-        and only the ``[L - m, D]`` embeddings ``new`` of positions ``[m, L)`` are computed, each
-        attending to the prefix and to the new positions before it. Logits ``[1, V]`` of position L - 1."""
-        known = prefix_keys.shape[2]
-        width = new.shape[0]
-        self.cache.keys[:, slot, :, :known] = prefix_keys
-        self.cache.values[:, slot, :, :known] = prefix_values
-        positions = torch.arange(known, known + width, device=new.device)
-        hidden = self._inputs(new[None], positions)
-        span = known + width
-        mask = (torch.arange(span, device=new.device)[None, :] <= positions[:, None])[None, None]
+    def prefill_after(self, first_slot: int, entries: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
+        """New sequences whose first positions are known, in slots ``first_slot``, ``first_slot + 1``,
+        ... in one pass. Each entry is (keys, values, new): the known positions' keys and values
+        ``[layers, heads, m, head_dim]`` (from the prefix cache) go into the slot as they are, and
+        only the ``[w, D]`` embeddings ``new`` of positions ``[m, m + w)`` are computed, each attending
+        to its own prefix and to its new positions before it. Logits ``[n, V]`` of each one's last
+        position.
+
+        The new parts are padded on the right; a padded position sees only its own row's real
+        positions (so no row attends to nothing) and what it computes is never kept.
+        """
+        known = [keys.shape[2] for keys, _, _ in entries]
+        widths = [new.shape[0] for _, _, new in entries]
+        count, width = len(entries), max(widths)
+        device = entries[0][2].device
+        span = max(m + w for m, w in zip(known, widths, strict=True))
+        embeds = entries[0][2].new_zeros((count, width, entries[0][2].shape[-1]))
+        for row, (keys, values, new) in enumerate(entries):
+            slot = first_slot + row
+            self.cache.keys[:, slot, :, : known[row]] = keys
+            self.cache.values[:, slot, :, : known[row]] = values
+            embeds[row, : widths[row]] = new
+        starts = torch.tensor(known, device=device)
+        positions = starts[:, None] + torch.arange(width, device=device)[None, :]  # [n, W]
+        last_position = self.decoder.embed_positions.weight.shape[0] - self.offset - 1
+        hidden = self._inputs(
+            embeds, positions.clamp(max=last_position)
+        )  # padding past the table: never kept
+        ends = starts + torch.tensor(widths, device=device)
+        columns = torch.arange(span, device=device)[None, None, :]
+        mask = ((columns <= positions[:, :, None]) & (columns < ends[:, None, None]))[:, None]
 
         def attend(index: int, keys: torch.Tensor, values: torch.Tensor):
-            self.cache.keys[index, slot, :, known:span] = keys[0]
-            self.cache.values[index, slot, :, known:span] = values[0]
+            for row in range(count):
+                slot, start, end = first_slot + row, known[row], known[row] + widths[row]
+                self.cache.keys[index, slot, :, start:end] = keys[row, :, : widths[row]]
+                self.cache.values[index, slot, :, start:end] = values[row, :, : widths[row]]
+            slots = slice(first_slot, first_slot + count)
             return (
-                self.cache.keys[index, slot : slot + 1, :, :span],
-                self.cache.values[index, slot : slot + 1, :, :span],
+                self.cache.keys[index, slots, :, :span],
+                self.cache.values[index, slots, :, :span],
                 mask,
                 False,
             )
 
         for index, layer in enumerate(self.decoder.layers):
             hidden = self._layer(index, layer, hidden, attend)
-        self.cache.lengths[slot] = span
-        return self._logits(hidden[:, -1])
+        for row in range(count):
+            self.cache.lengths[first_slot + row] = known[row] + widths[row]
+        last = torch.tensor([w - 1 for w in widths], device=device)
+        return self._logits(hidden[torch.arange(count, device=device), last])
 
     def slot_entries(self, slot: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Copies of the keys and values of positions ``[0, length)`` of ``slot``: ``[layers, heads, length, head_dim]``."""
