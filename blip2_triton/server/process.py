@@ -70,16 +70,15 @@ def python_backend_args(model_repository: Path, extra_args: Sequence[str] = ()) 
     its slots + wait queue + a margin, at least the default 32); none when the operator set it."""
     if any("thread-pool-size" in arg for arg in extra_args):
         return []
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
+    from blip2_triton.export.configs import parse_config
+    from blip2_triton.export.errors import ExportError
 
-    config = model_config_pb2.ModelConfig()
     try:
-        text_format.Parse((model_repository / ENGINE_CONFIG).read_text(), config)
+        config = parse_config((model_repository / ENGINE_CONFIG).read_text(), source=str(ENGINE_CONFIG))
         taken = sum(
             int(config.parameters[k].string_value) for k in ("max_active_sequences", "max_queued_requests")
         )
-    except (OSError, text_format.ParseError, ValueError):
+    except (OSError, ExportError, ValueError):
         return []  # no engine model here (or not ours): Triton's default
     size = max(DEFAULT_THREAD_POOL, taken + THREAD_POOL_MARGIN)
     return [f"--backend-config=python,thread-pool-size={size}"]

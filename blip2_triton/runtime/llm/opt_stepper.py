@@ -136,10 +136,9 @@ class OptStepper:
             embeds[row, : widths[row]] = new
         starts = torch.tensor(known, device=device)
         positions = starts[:, None] + torch.arange(width, device=device)[None, :]  # [n, W]
+        # A padded position past the position table is clamped: what it computes is never kept.
         last_position = self.decoder.embed_positions.weight.shape[0] - self.offset - 1
-        hidden = self._inputs(
-            embeds, positions.clamp(max=last_position)
-        )  # padding past the table: never kept
+        hidden = self._inputs(embeds, positions.clamp(max=last_position))
         ends = starts + torch.tensor(widths, device=device)
         columns = torch.arange(span, device=device)[None, None, :]
         mask = ((columns <= positions[:, :, None]) & (columns < ends[:, None, None]))[:, None]
