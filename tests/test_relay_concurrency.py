@@ -17,6 +17,7 @@ from .triton_requests import infer_concurrently, scrape_metrics
 pytestmark = pytest.mark.server
 
 SLOTS = 40
+TOKENS = 500  # the most a request may ask for is 512
 ACTIVE = 'blip2_active_sequences{model="blip2_stream"}'
 
 
@@ -26,7 +27,9 @@ def forty_slots(tmp_path_factory):
     from blip2_triton.fixtures.tiny_checkpoints import build_tiny_checkpoint
 
     base = tmp_path_factory.mktemp("forty_slots")
-    checkpoint = build_tiny_checkpoint(base / "checkpoint", "opt", image_size=64, llm_context=1024)
+    checkpoint = build_tiny_checkpoint(
+        base / "checkpoint", "opt", image_size=64, llm_context=1024, llm_hidden=256, llm_layers=6
+    )
     options = ExportOptions(max_active_sequences=SLOTS, max_queued_requests=8, max_batch_size=SLOTS)
     export_repository(str(checkpoint), base / "repository", options, quiet=True)
     server = start_server(base / "repository", base / "server.log")
@@ -48,7 +51,9 @@ def test_forty_unary_requests_decode_together(forty_slots, sample_images):
     32 while the relay's calls waited for the default pool), and every one is answered."""
     server, _ = forty_slots
     image = sample_images[0].read_bytes()
-    requests = [{"image": image, "max_tokens": 300, "min_tokens": 300} for _ in range(SLOTS)]
+    # Long answers from a wider model (~6 s of decoding here, against 0.3 s for all 40 to arrive): the
+    # first requests are still decoding when the last arrive, however slowly a busy machine lets them in.
+    requests = [{"image": image, "max_tokens": TOKENS, "min_tokens": TOKENS} for _ in range(SLOTS)]
     outcomes: list = []
     sender = threading.Thread(target=lambda: outcomes.extend(infer_concurrently(server.grpc_url, requests)))
     sender.start()
