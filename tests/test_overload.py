@@ -1,7 +1,7 @@
 """Overload: bounded queues give excess requests a fast UNAVAILABLE; admitted ones finish; nothing hangs.
 
-A tiny export with small batches and queues (``--max-batch-size 2 --max-queue-size 2``) gets four
-times as many concurrent requests as it can hold. Figures go to ``.work/figures/overload.json``.
+A tiny export with small batches and queues (``--max-batch-size 2 --max-queue-size 2``, and an engine
+of 2 slots and 2 waiting) gets four times as many concurrent requests as it can hold. Figures go to ``.work/figures/overload.json``.
 Latency is reported, not asserted beyond generous bounds.
 """
 
@@ -39,8 +39,15 @@ def _image(seed: int) -> bytes:
 @pytest.fixture(scope="module")
 def small_queues(tmp_path_factory):
     base = tmp_path_factory.mktemp("overload")
+    # The steps' Triton queues and the engine's own (its slots and wait queue) are all small.
     build = build_relocated_repository(
-        base, "opt", max_batch_size=BATCH, max_queue_size=QUEUE, queue_delay_us=1000
+        base,
+        "opt",
+        max_batch_size=BATCH,
+        max_queue_size=QUEUE,
+        queue_delay_us=1000,
+        max_active_sequences=BATCH,
+        max_queued_requests=QUEUE,
     )
     server = TritonServer.on_free_ports(build["repository"], log_file=base / "server.log")
     server.start()

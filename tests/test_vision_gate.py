@@ -46,8 +46,9 @@ class Vision:
     """A vision call that records each image it saw, whether the engine was held and paused then,
     and the size of each request."""
 
-    def __init__(self, engine: Engine, fail_on: float | None = None) -> None:
+    def __init__(self, engine: Engine, fail_on: float | None = None, delay_s: float = 0.01) -> None:
         self.engine = engine
+        self.delay_s = delay_s
         self.calls: list[float] = []
         self.held_during: list[bool] = []
         self.paused_during: list[bool] = []
@@ -61,7 +62,7 @@ class Vision:
         self.requests.append(len(values))
         self.held_during.append(self.engine.held)
         self.paused_during.append(self.engine.paused())
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(self.delay_s)
         if self.fail_on in values:
             raise RuntimeError(f"vision failed on {self.fail_on}")
         return np.stack([np.full((4, 8), v, dtype=np.float32) for v in values])
@@ -283,3 +284,55 @@ def test_a_busy_engine_waits_for_images_being_preprocessed_only_up_to_busy_prepa
 
     vision = asyncio.run(main())
     assert vision.requests == [2, 1] and vision.calls == [1.0, 2.0, 3.0]
+
+
+async def _arriving(gate: VisionGate, value: float, after_s: float) -> np.ndarray:
+    """A request the gate does not know of until it arrives, ``after_s`` from now."""
+    await asyncio.sleep(after_s)
+    return await gate.encode(_image(value))
+
+
+def test_with_chunk_rows_images_arriving_while_the_batch_is_encoded_join_it():
+    async def main():
+        engine = Engine(free=8)
+        vision = Vision(engine, delay_s=0.1)
+        gate = VisionGate(vision, engine, max_batch=8, max_wait_s=5, chunk_rows=2)
+        results = await asyncio.gather(
+            _arriving(gate, 1.0, 0),
+            _arriving(gate, 2.0, 0),
+            _arriving(gate, 3.0, 0.05),
+            _arriving(gate, 4.0, 0.12),
+        )
+        return engine, vision, gate, results
+
+    engine, vision, gate, results = asyncio.run(main())
+    assert [float(r[0, 0]) for r in results] == [1.0, 2.0, 3.0, 4.0]
+    assert vision.requests == [2, 1, 1] and vision.held_during == [True, True, True]
+    assert engine.events == ["hold", "release"]  # one batch: the engine admits all four together
+    assert (gate.batches, gate.images, gate.late_joiners) == (1, 4, 2)
+
+
+def test_late_joiners_fill_only_the_room_the_batch_was_sent_with():
+    async def main():
+        engine = Engine(free=3)
+        vision = Vision(engine, delay_s=0.1)
+        gate = VisionGate(vision, engine, max_batch=8, max_wait_s=5, chunk_rows=2)
+        late = [_arriving(gate, float(v), 0.05) for v in (3, 4, 5)]
+        await asyncio.gather(_arriving(gate, 1.0, 0), _arriving(gate, 2.0, 0), *late)
+        return engine, vision, gate
+
+    engine, vision, gate = asyncio.run(main())
+    assert vision.requests[:2] == [2, 1] and sorted(vision.calls) == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert engine.events == ["hold", "release", "hold", "release"] and gate.late_joiners == 1
+
+
+def test_without_chunk_rows_an_image_arriving_during_the_batch_waits_for_the_next():
+    async def main():
+        engine = Engine(free=8)
+        vision = Vision(engine, delay_s=0.1)
+        gate = VisionGate(vision, engine, max_batch=8, max_wait_s=5)
+        await asyncio.gather(_arriving(gate, 1.0, 0), _arriving(gate, 2.0, 0), _arriving(gate, 3.0, 0.05))
+        return engine, vision
+
+    engine, vision = asyncio.run(main())
+    assert vision.requests == [2, 1] and engine.events == ["hold", "release", "hold", "release"]

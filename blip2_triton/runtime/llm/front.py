@@ -64,12 +64,20 @@ class Front:
         *,
         max_vision_batch: int,
         vision_per_image: bool = False,
+        vision_chunk_rows: int = 0,
     ) -> None:
         """``vision_per_image``: one vision request per image (the vision model's response cache
-        then answers each image it knows); else one request per batch."""
+        then answers each image it knows); else one request per batch, or per ``vision_chunk_rows``
+        rows of it, with images that arrive meanwhile joining (``VisionGate``'s ``chunk_rows``)."""
         self.preprocessor = preprocessor
         self.checker = checker
-        self.gate = VisionGate(steps.encode, engine, max_batch=max_vision_batch, per_image=vision_per_image)
+        self.gate = VisionGate(
+            steps.encode,
+            engine,
+            max_batch=max_vision_batch,
+            per_image=vision_per_image,
+            chunk_rows=vision_chunk_rows,
+        )
 
     def parse(self, inputs: Mapping[str, np.ndarray | None]) -> list[FrontRow]:
         """The rows of one request, every one checked; the first bad one raises."""

@@ -18,6 +18,11 @@ many rows, or (``per_image``, when the vision model has a response cache) as one
 that its dynamic batcher runs together, so that its cache answers per image. A lone request goes
 through at once.
 
+With ``chunk_rows`` (on a CPU: the rows the vision model runs at a time), a batch is encoded that many
+rows per request, and images that arrive meanwhile join it, up to the room it was sent with: a burst
+whose last requests reach the server while the vision model already runs (on a CPU the vision batch
+itself slows their arrival) still starts as one cohort, in one prefill.
+
 Free of Triton glue: the vision call and the engine come in as callables.
 """
 
@@ -77,6 +82,7 @@ class VisionGate:
         busy_prepare_wait_s: float = 0.15,
         linger_s: float = 0.004,
         per_image: bool = False,
+        chunk_rows: int = 0,
         poll_s: float = 0.001,
         max_hold_s: float = 10.0,
     ) -> None:
@@ -90,6 +96,7 @@ class VisionGate:
         self.busy_prepare_wait_s = busy_prepare_wait_s
         self.linger_s = linger_s
         self.per_image = per_image
+        self.chunk_rows = chunk_rows
         self.poll_s = poll_s
         self.max_hold_s = max_hold_s
         self._count_lock = threading.Lock()
@@ -99,6 +106,7 @@ class VisionGate:
         self._runner: asyncio.Task | None = None
         self.batches = 0  # figures for tests and benchmarks
         self.images = 0
+        self.late_joiners = 0
 
     def expect(self, images: int = 1) -> None:
         """``images`` are on their way (accepted, not preprocessed yet): the gate waits for them.
@@ -148,11 +156,14 @@ class VisionGate:
             self._waiting = [w for w in self._waiting if not w.gone()]
             if not self._waiting:
                 return []
-            room = min(self.max_batch, self._engine.free_slots() - self._unsubmitted)
+            room = self._room()
             if room > 0 and self._ready(room):
                 batch, self._waiting = self._waiting[:room], self._waiting[room:]
                 return batch
             await asyncio.sleep(self.poll_s)
+
+    def _room(self) -> int:
+        return min(self.max_batch, self._engine.free_slots() - self._unsubmitted)
 
     def _ready(self, room: int) -> bool:
         """Whether the waiting images go now: they fill the room; or no image that would fit is
@@ -176,26 +187,50 @@ class VisionGate:
         return not self._preparing and now - arrivals[-1] >= linger and idle
 
     async def _send(self, batch: list[_Waiting]) -> None:
+        limit = max(len(batch), self._room()) if self.chunk_rows else len(batch)  # before _unsubmitted
         self._engine.hold(self.max_hold_s)
         self._unsubmitted = len(batch)
         try:
             deadline = time.monotonic() + self.max_hold_s
             while not self._engine.paused() and time.monotonic() < deadline:
                 await asyncio.sleep(self.poll_s)  # the step under way ends first
-            results = await self._encode_batch([w.pixel_values for w in batch])
-            for waiting, result in zip(batch, results, strict=True):
-                if waiting.result.done():
-                    continue
-                if isinstance(result, BaseException):
-                    waiting.result.set_exception(result)
-                else:
-                    waiting.result.set_result(result)
+            done = 0
+            while done < len(batch):
+                part = batch[done : done + (self.chunk_rows or len(batch))]
+                self._answer(part, await self._encode_batch([w.pixel_values for w in part]))
+                done += len(part)
+                if self.chunk_rows:
+                    self._take_late_joiners(batch, limit)
             self.batches += 1
             self.images += len(batch)
+        except BaseException as exc:  # none of this batch waits for an answer that never comes
+            self._answer(
+                batch,
+                [exc if isinstance(exc, Exception) else RuntimeError("vision gate stopped")] * len(batch),
+            )
+            raise
         finally:
             # After the callers' own continuations (scheduled by set_result above) have handed
             # their requests to the engine: they then start in one prefill.
             asyncio.get_running_loop().call_soon(self._release)
+
+    @staticmethod
+    def _answer(part: list[_Waiting], results: list[np.ndarray | BaseException]) -> None:
+        for waiting, result in zip(part, results, strict=True):
+            if waiting.result.done():
+                continue
+            if isinstance(result, BaseException):
+                waiting.result.set_exception(result)
+            else:
+                waiting.result.set_result(result)
+
+    def _take_late_joiners(self, batch: list[_Waiting], limit: int) -> None:
+        """Images that arrived while ``batch`` was being encoded join it, up to ``limit`` in all."""
+        self._waiting = [w for w in self._waiting if not w.gone()]
+        late, self._waiting = self._waiting[: limit - len(batch)], self._waiting[limit - len(batch) :]
+        batch.extend(late)
+        self._unsubmitted = len(batch)
+        self.late_joiners += len(late)
 
     async def _encode_batch(self, images: list[np.ndarray]) -> list[np.ndarray | BaseException]:
         """Each image's ``[Q, D]`` embeddings, or the error of its request to the vision model."""

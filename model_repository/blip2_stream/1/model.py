@@ -38,6 +38,7 @@ from blip2_runtime.triton.responses import (
     output_response,
     text_array,
 )
+from blip2_runtime.vision.onnx_graph import CPU_ROWS_PER_RUN
 from blip2_runtime.vision.preprocess import ImagePreprocessor
 
 CANCEL_CHECK_S = 0.01  # how often a client's cancel flag is asked (each a round trip to the server)
@@ -67,6 +68,9 @@ class TritonPythonModel:
             max_vision_batch=max(1, int(config.get("max_batch_size", 1))),
             # blip2_vision's response cache answers per request: with it on, each image goes alone.
             vision_per_image=model_parameter(config, "vision_cache") == "true",
+            # On a CPU blip2_vision runs CPU_ROWS_PER_RUN rows at a time: the gate sends that many per
+            # request, and images that arrive meanwhile join the batch (a GPU takes the batch whole).
+            vision_chunk_rows=CPU_ROWS_PER_RUN if device == "cpu" else 0,
         )
         self.metrics = EngineMetrics(config["name"], self.engine)
         self.drain_timeout_s = float(model_parameter(config, "drain_timeout_s", "600"))
