@@ -45,6 +45,19 @@ def test_every_rendered_config_validates(opt_build):
         assert parse_config(text, source=name).max_batch_size == 8
 
 
+def test_the_engine_and_its_relay_have_no_dynamic_batcher_and_the_steps_do(opt_build):
+    """Triton 2.51's dynamic batcher can lose the wake-up of an instance that frees as a request
+    arrives and then sleep 500 ms; in front of the engine (whose execute only accepts) that split
+    bursts apart, so blip2 and blip2_stream go without it. The steps keep their bounded queues."""
+    repository = opt_build["repository"]
+    configs = {
+        name: parse_config((repository / name / "config.pbtxt").read_text(), source=name) for name in MODELS
+    }
+    assert not any(configs[name].HasField("dynamic_batching") for name in ("blip2", "blip2_stream"))
+    for name in ("blip2_preprocess", "blip2_vision"):
+        assert configs[name].dynamic_batching.default_queue_policy.max_queue_size > 0, name
+
+
 def test_a_missing_template_value_is_an_export_error():
     template = (template_dir() / "blip2_stream" / "config.pbtxt.tmpl").read_text()
     with pytest.raises(ExportError, match=r"no value for template placeholder \$\{"):
