@@ -336,3 +336,17 @@ def test_without_chunk_rows_an_image_arriving_during_the_batch_waits_for_the_nex
 
     engine, vision = asyncio.run(main())
     assert vision.requests == [2, 1] and engine.events == ["hold", "release", "hold", "release"]
+
+
+def test_a_batch_sent_while_the_engine_decodes_takes_no_late_joiners():
+    async def main():
+        engine = Engine(free=8)
+        engine.is_idle = False
+        vision = Vision(engine, delay_s=0.1)
+        gate = VisionGate(vision, engine, max_batch=8, max_wait_s=0.01, busy_prepare_wait_s=0, chunk_rows=2)
+        await asyncio.gather(_arriving(gate, 1.0, 0), _arriving(gate, 2.0, 0), _arriving(gate, 3.0, 0.05))
+        return engine, vision, gate
+
+    engine, vision, gate = asyncio.run(main())
+    assert vision.requests == [2, 1] and engine.events == ["hold", "release", "hold", "release"]
+    assert gate.late_joiners == 0
