@@ -350,3 +350,18 @@ def test_a_batch_sent_while_the_engine_decodes_takes_no_late_joiners():
     engine, vision, gate = asyncio.run(main())
     assert vision.requests == [2, 1] and engine.events == ["hold", "release", "hold", "release"]
     assert gate.late_joiners == 0
+
+
+def test_an_idle_engine_starts_a_full_chunk_at_once_and_the_rest_of_the_burst_joins():
+    async def main():
+        engine = Engine(free=8)
+        vision = Vision(engine, delay_s=0.1)
+        gate = VisionGate(vision, engine, max_batch=8, max_wait_s=5, max_prepare_wait_s=5, chunk_rows=2)
+        # two images ready at once, a third still being preprocessed for 0.05 s: without chunks the
+        # gate would wait for it; here the chunk of two goes at once and the third joins the batch
+        await asyncio.gather(_request(gate, 1.0, 0), _request(gate, 2.0, 0), _request(gate, 3.0, 0.05))
+        return engine, vision, gate
+
+    engine, vision, gate = asyncio.run(main())
+    assert vision.requests == [2, 1] and engine.events == ["hold", "release"]
+    assert gate.late_joiners == 1  # it was not waited for: it joined the batch under way
