@@ -19,13 +19,13 @@ that its dynamic batcher runs together, so that its cache answers per image. A l
 through at once.
 
 With ``chunk_rows`` (on a CPU: the rows the vision model runs at a time), a batch is encoded that many
-rows per request, and when the engine was idle as it went, images that arrive meanwhile join it, up
-to the room it was sent with: a burst whose last requests reach the server while the vision model
-already runs (on a CPU the vision batch itself slows their arrival) still starts as one cohort, in
-one prefill; so an idle engine's batch starts as soon as a full chunk is ready, instead of waiting
-for the images still being preprocessed. While the engine decodes, a batch does not grow: its running sequences stay paused for
-as long as the vision model runs, and under open-loop traffic (``make bench-traffic``, 3 req/s) a
-growing batch raised short answers' p99 time to first token from 0.29 to 0.70 s.
+rows per request. While the engine is idle, a batch starts as soon as a full chunk is ready, and
+images that arrive meanwhile join it, up to the room it was sent with: a burst whose last requests
+reach the server while the vision model already runs (on a CPU the vision batch itself slows their
+arrival) still starts as one cohort, in one prefill. While the engine decodes, a batch does not
+grow: its running sequences stay paused as long as the vision model runs, and under open-loop
+traffic (``make bench-traffic``, 3 req/s) a growing batch raised short answers' p99 time to first
+token from 0.29 to 0.70 s.
 
 Free of Triton glue: the vision call and the engine come in as callables.
 """
@@ -157,7 +157,7 @@ class VisionGate:
 
     async def _next_batch(self) -> list[_Waiting]:
         while True:
-            self._waiting = [w for w in self._waiting if not w.gone()]
+            self._drop_gone()
             if not self._waiting:
                 return []
             room = self._room()
@@ -165,6 +165,10 @@ class VisionGate:
                 batch, self._waiting = self._waiting[:room], self._waiting[room:]
                 return batch
             await asyncio.sleep(self.poll_s)
+
+    def _drop_gone(self) -> None:
+        """Forget the waiting images whose callers left (each got its answer already)."""
+        self._waiting = [w for w in self._waiting if not w.gone()]
 
     def _room(self) -> int:
         return min(self.max_batch, self._engine.free_slots() - self._unsubmitted)
@@ -235,7 +239,7 @@ class VisionGate:
 
     def _take_late_joiners(self, batch: list[_Waiting], limit: int) -> None:
         """Images that arrived while ``batch`` was being encoded join it, up to ``limit`` in all."""
-        self._waiting = [w for w in self._waiting if not w.gone()]
+        self._drop_gone()
         late, self._waiting = self._waiting[: limit - len(batch)], self._waiting[limit - len(batch) :]
         batch.extend(late)
         self._unsubmitted = len(batch)
